@@ -1,0 +1,48 @@
+"""A minimal agent: list the tools the gateway grants it, then call the time tool.
+
+    python examples/agent.py --url http://127.0.0.1:8000/mcp --token wa_...
+    python examples/agent.py --url ws://127.0.0.1:8000/mcp/ws --token wa_...
+    add --mode legacy to use the handshake era (2025-11-25) instead of 2026-07-28
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from examples.mcp_ws import websocket_client  # noqa: E402
+
+
+async def main(url: str, token: str, mode: str, tool: str, timezone: str) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with contextlib.AsyncExitStack() as stack:
+        if url.startswith("ws"):
+            transport = websocket_client(url, headers)
+        else:
+            http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers))
+            transport = streamable_http_client(url, http_client=http)
+        client = await stack.enter_async_context(Client(transport, mode=mode))
+        print(f"connected: protocol {client.protocol_version}")
+        tools = (await client.list_tools()).tools
+        print("tools:", ", ".join(t.name for t in tools))
+        result = await client.call_tool(tool, {"timezone": timezone})
+        print("result:", result.structured_content or [c.model_dump() for c in result.content])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000/mcp")
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--mode", default="auto", help="auto | legacy | 2026-07-28")
+    parser.add_argument("--tool", default="time__get_current_time")
+    parser.add_argument("--timezone", default="UTC")
+    args = parser.parse_args()
+    asyncio.run(main(args.url, args.token, args.mode, args.tool, args.timezone))

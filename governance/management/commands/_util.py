@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from django.core.management.base import CommandError
+
+from governance.models import Agent, Tenant
+
+
+def tenant_by_slug(slug: str) -> Tenant:
+    try:
+        return Tenant.objects.get(slug=slug)
+    except Tenant.DoesNotExist:
+        raise CommandError(f"no tenant {slug!r} (create it with: manage.py tenant_create {slug})") from None
+
+
+def agent_by_name(tenant: Tenant, name: str) -> Agent:
+    try:
+        return Agent.objects.get(tenant=tenant, name=name)
+    except Agent.DoesNotExist:
+        raise CommandError(f"no agent {name!r} in tenant {tenant.slug!r}") from None
+
+
+def key_values(pairs: list[str], option: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CommandError(f"{option} takes KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out

@@ -1,0 +1,29 @@
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import IntegrityError
+from django.utils import timezone
+
+from governance.management.commands._util import tenant_by_slug
+from governance.services.agents import agent_create, token_issue
+
+
+class Command(BaseCommand):
+    help = "Create an agent and issue its first API token, printed alone on the last line."
+
+    def add_arguments(self, parser):
+        parser.add_argument("name")
+        parser.add_argument("--tenant", required=True)
+        parser.add_argument("--description", default="")
+        parser.add_argument("--expires-in-days", type=float, default=None)
+
+    def handle(self, *args, name, tenant, description, expires_in_days, **options):
+        tenant_obj = tenant_by_slug(tenant)
+        try:
+            agent = agent_create(tenant=tenant_obj, name=name, description=description)
+        except IntegrityError:
+            raise CommandError(f"agent {name!r} exists already in tenant {tenant!r}") from None
+        expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
+        issued = token_issue(agent=agent, expires_at=expires_at)
+        self.stdout.write(f"created agent {tenant}/{name}; its token (shown once):")
+        self.stdout.write(issued.token)

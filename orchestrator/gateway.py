@@ -1,0 +1,344 @@
+"""The gateway runtime of one process: what every connection of that process shares.
+
+- an in-memory snapshot of governance state per tenant (tokens, agents, tools, grants), so
+  the hot path never touches the ORM; re-read when the tenant's persisted version changes;
+- the upstream pool (one MCP session per tool server);
+- the audit writer (group commit);
+- ``call_tool``: the governed call — decide, record intent, call, record outcome, reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from audit.models import AuditRecord
+from audit.writer import AuditWriter
+from governance import selectors
+from governance.engine.grants import decide
+from governance.engine.types import Decision, ServerSpec, TenantState, ToolEntry
+from governance.services.agents import token_digest
+from governance.services.toolservers import tool_catalog_sync
+from orchestrator.upstream.pool import UpstreamError, UpstreamPool, UpstreamRpcError
+
+logger = logging.getLogger(__name__)
+
+PERMISSION_DENIED = -32001
+UPSTREAM_UNAVAILABLE = -32003
+UPSTREAM_TIMEOUT = -32004
+UNKNOWN_TOOL = -32602  # what the MCP spec prescribes for an unknown tool name
+
+
+class AuthError(Exception):
+    """A token that may not be used; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentContext:
+    """Who is calling, resolved once per connection (WebSocket) or request (HTTP)."""
+
+    tenant_id: int
+    tenant_slug: str
+    agent_id: int
+    agent_name: str
+    token_digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallMeta:
+    """How the call arrived: recorded in the audit trail."""
+
+    transport: str  # ws | http
+    protocol_version: str
+    request_id: str
+
+    @property
+    def protocol_era(self) -> str:
+        return "stateless" if self.protocol_version in MODERN_PROTOCOL_VERSIONS else "handshake"
+
+
+class CallError(Exception):
+    """A governed call that ends in a JSON-RPC error rather than a tool result."""
+
+    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
+def _digest(value: Any) -> str:
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Gateway:
+    def __init__(self) -> None:
+        self._states: dict[int, TenantState] = {}
+        self._tokens: dict[str, int] = {}  # token digest → tenant id
+        self._listeners: dict[int, set[Callable[[], None]]] = {}
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-state")
+        self._poller: asyncio.Task[None] | None = None
+        self.page_size = settings.MCP_PAGE_SIZE
+        self.audit = AuditWriter(batch_max=settings.AUDIT_BATCH_MAX)
+        self.upstreams = UpstreamPool(
+            on_catalog=self._catalog_seen,
+            backoff_initial=settings.UPSTREAM_BACKOFF_INITIAL,
+            backoff_max=settings.UPSTREAM_BACKOFF_MAX,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.refresh()
+        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="governance-poll")
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+        await self.audit.flush()
+        await self.upstreams.close()
+
+    async def _in_db(self, fn: Callable[..., Any], /, **kwargs: Any) -> Any:
+        def run() -> Any:
+            try:
+                return fn(**kwargs)
+            except Exception:
+                close_old_connections()
+                raise
+
+        return await asyncio.get_running_loop().run_in_executor(self._db, run)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(settings.GOVERNANCE_POLL_SECONDS)
+            try:
+                await self.refresh()
+            except Exception:
+                logger.exception("governance refresh failed; keeping the last known state")
+
+    async def refresh(self) -> None:
+        """Reload every tenant whose persisted version moved, then tell its connections."""
+        versions: dict[int, int] = await self._in_db(selectors.tenant_versions)
+        changed = [tid for tid, v in versions.items() if getattr(self._states.get(tid), "version", None) != v]
+        removed = set(self._states) - set(versions)
+        for tenant_id in changed:
+            self._states[tenant_id] = await self._in_db(selectors.tenant_state_get, tenant_id=tenant_id)
+        for tenant_id in removed:
+            del self._states[tenant_id]
+        if not changed and not removed:
+            return
+        self._tokens = {
+            digest: state.id for state in self._states.values() for digest in state.tokens
+        }
+        self.upstreams.retire_missing({sid for s in self._states.values() for sid in s.servers})
+        for tenant_id in (*changed, *removed):
+            for listener in list(self._listeners.get(tenant_id, ())):
+                listener()
+
+    # --- identity --------------------------------------------------------------------------
+    def authenticate(self, token: str) -> AgentContext:
+        digest = token_digest(token)
+        tenant_id = self._tokens.get(digest)
+        if tenant_id is None:
+            raise AuthError("unknown token")
+        state = self._states[tenant_id]
+        entry = state.tokens[digest]
+        ctx = AgentContext(
+            tenant_id=tenant_id,
+            tenant_slug=state.slug,
+            agent_id=entry.agent_id,
+            agent_name=state.agents[entry.agent_id].name,
+            token_digest=digest,
+        )
+        self.check(ctx)
+        return ctx
+
+    def check(self, ctx: AgentContext, *, now: datetime | None = None) -> None:
+        """Raise AuthError if the context's token or agent may no longer be used."""
+        state = self._states.get(ctx.tenant_id)
+        entry = state.tokens.get(ctx.token_digest) if state else None
+        if state is None or entry is None:
+            raise AuthError("token revoked")
+        problem = entry.problem(now=now or timezone.now())
+        if problem:
+            raise AuthError(problem)
+        agent = state.agents.get(entry.agent_id)
+        if agent is None or not agent.is_active:
+            raise AuthError("agent disabled")
+
+    def subscribe(self, tenant_id: int, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` after each change of the tenant's governance state."""
+        self._listeners.setdefault(tenant_id, set()).add(listener)
+        return lambda: self._listeners.get(tenant_id, set()).discard(listener)
+
+    # --- tools -------------------------------------------------------------------------------
+    def visible_tools(self, ctx: AgentContext) -> list[ToolEntry]:
+        """The tools the agent may call, in name order."""
+        state = self._states[ctx.tenant_id]
+        return [
+            tool
+            for tool in state.tools.values()
+            if decide(state.grants, agent_id=ctx.agent_id, tool=tool.exposed_name).allowed
+        ]
+
+    async def call_tool(
+        self, ctx: AgentContext, meta: CallMeta, *, name: str, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Govern and run one tools/call. Returns the CallToolResult, or raises CallError.
+
+        The intent record is durable before the upstream is called and the outcome record
+        before this returns; a cancelled call still gets its outcome record.
+        """
+        started_at, t0 = timezone.now(), time.perf_counter()
+        state = self._states[ctx.tenant_id]
+        tool = state.tools.get(name)
+        decision = (
+            decide(state.grants, agent_id=ctx.agent_id, tool=name)
+            if tool is not None
+            else Decision(allowed=False, reason="unknown tool")
+        )
+        record = AuditRecord(
+            call_id=uuid.uuid4(),
+            tenant_id=ctx.tenant_id,
+            agent_id=ctx.agent_id,
+            agent_name=ctx.agent_name,
+            transport=meta.transport,
+            protocol_era=meta.protocol_era,
+            protocol_version=meta.protocol_version,
+            request_id=meta.request_id[:200],
+            tool=name[:300],
+            arguments=arguments,
+            decision=AuditRecord.Decision.ALLOW if decision.allowed else AuditRecord.Decision.DENY,
+            reason=decision.reason[:500],
+            rule=decision.rule,
+            started_at=started_at,
+        )
+
+        def outcome(kind: str, *, error: str = "", result: Any = None) -> AuditRecord:
+            return AuditRecord(
+                **{f: getattr(record, f) for f in _COPIED_FIELDS},
+                kind=AuditRecord.Kind.OUTCOME,
+                outcome=kind,
+                error=error,
+                result_digest=_digest(result) if result is not None else "",
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                created_at=timezone.now(),
+            )
+
+        intent = _as_intent(record)
+        if tool is None or not decision.allowed:
+            await asyncio.gather(
+                self.audit.write(intent), self.audit.write(outcome(AuditRecord.Outcome.DENIED))
+            )
+            if tool is None:
+                raise CallError(UNKNOWN_TOOL, f"unknown tool: {name!r}")
+            raise CallError(
+                PERMISSION_DENIED,
+                f"permission denied: {decision.reason}",
+                {"tool": name, "reason": decision.reason},
+            )
+
+        intent_written = asyncio.ensure_future(self.audit.write(intent))
+        try:
+            await intent_written
+            upstream = self.upstreams.get(state.servers[tool.server_id])
+            result = await upstream.call_tool(
+                tool.name, arguments, timeout=settings.MCP_CALL_TIMEOUT_SECONDS
+            )
+        except UpstreamError as exc:
+            await self.audit.write(outcome(exc.outcome, error=str(exc)))
+            raise _call_error(exc, tool) from None
+        except asyncio.CancelledError:
+            if intent_written.done() and not intent_written.cancelled():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.audit.write(outcome(AuditRecord.Outcome.CANCELLED)))
+            raise
+        result = _without_upstream_meta(result)
+        is_error = bool(result.get("isError"))
+        await self.audit.write(
+            outcome(
+                AuditRecord.Outcome.TOOL_ERROR if is_error else AuditRecord.Outcome.OK,
+                error=_error_text(result) if is_error else "",
+                result=result,
+            )
+        )
+        return result
+
+    async def _catalog_seen(self, spec: ServerSpec, tools: list[dict[str, Any]]) -> None:
+        """An upstream (re)connected and listed its tools: keep the stored catalog current."""
+        changed = await self._in_db(tool_catalog_sync, server_id=spec.id, tools=tools)
+        if changed:
+            await self.refresh()
+
+
+_COPIED_FIELDS = (
+    "call_id", "tenant_id", "agent_id", "agent_name", "transport", "protocol_era",
+    "protocol_version", "request_id", "tool", "arguments", "decision", "reason", "rule",
+    "started_at",
+)  # fmt: skip
+
+
+def _as_intent(record: AuditRecord) -> AuditRecord:
+    record.kind = AuditRecord.Kind.INTENT
+    record.created_at = timezone.now()
+    return record
+
+
+def _without_upstream_meta(result: dict[str, Any]) -> dict[str, Any]:
+    """Drop envelope fields of the upstream's own protocol era; the edge adds the agent's."""
+    result.pop("_meta", None)
+    result.pop("resultType", None)
+    return result
+
+
+def _error_text(result: dict[str, Any]) -> str:
+    texts = [c.get("text", "") for c in result.get("content", []) if c.get("type") == "text"]
+    return " ".join(texts)[:2000]
+
+
+def _call_error(exc: UpstreamError, tool: ToolEntry) -> CallError:
+    data = {"tool": tool.exposed_name, "server": tool.server_name, "outcome": exc.outcome}
+    if isinstance(exc, UpstreamRpcError):
+        return CallError(exc.code, exc.message, data)
+    code = UPSTREAM_TIMEOUT if exc.outcome == "timeout" else UPSTREAM_UNAVAILABLE
+    return CallError(code, str(exc), data)
+
+
+_gateway: Gateway | None = None
+_gateway_loop: asyncio.AbstractEventLoop | None = None
+_starting: asyncio.Future[Gateway] | None = None
+
+
+async def get_gateway() -> Gateway:
+    """The process's gateway, started on first use on the serving event loop."""
+    global _gateway, _gateway_loop, _starting
+    loop = asyncio.get_running_loop()
+    if _gateway is not None and _gateway_loop is loop:
+        return _gateway
+    if _starting is not None and _gateway_loop is loop:
+        return await asyncio.shield(_starting)
+    _gateway_loop, _gateway = loop, None
+    _starting = loop.create_future()
+    gateway = Gateway()
+    try:
+        await gateway.start()
+    except BaseException as exc:
+        _starting.set_exception(exc)
+        _starting = None
+        raise
+    _gateway = gateway
+    _starting.set_result(gateway)
+    return gateway

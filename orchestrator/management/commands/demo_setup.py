@@ -1,0 +1,70 @@
+"""Idempotent demo data for the embedded default: a tenant, an admin login, an agent with a
+token, and the time MCP server granted to it. The demo credentials are kept in
+DATA_DIR/demo-credentials.json (mode 0600) so every `make run` can print them again."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from governance.models import Agent, Grant, Tenant, ToolServer
+from governance.services.agents import agent_create, tenant_create, token_digest, token_issue
+from governance.services.grants import grant_create
+
+TENANT, AGENT, SERVER = "demo", "demo-agent", "time"
+
+
+def credentials_path() -> Path:
+    return Path(settings.DATA_DIR) / "demo-credentials.json"
+
+
+class Command(BaseCommand):
+    help = "Create (once) the demo tenant, admin login, agent token and time tool server."
+
+    def handle(self, *args, **options):
+        path = credentials_path()
+        creds = json.loads(path.read_text()) if path.exists() else {}
+        tenant = Tenant.objects.filter(slug=TENANT).first() or tenant_create(slug=TENANT, name="Demo")
+
+        user_model = get_user_model()
+        if not creds.get("admin_password"):
+            creds["admin_password"] = secrets.token_urlsafe(12)
+        admin = user_model.objects.filter(username="admin").first()
+        if admin is None:
+            user_model.objects.create_superuser("admin", "", creds["admin_password"])
+        elif not admin.check_password(creds["admin_password"]):
+            admin.set_password(creds["admin_password"])
+            admin.save(update_fields=["password"])
+
+        agent = Agent.objects.filter(tenant=tenant, name=AGENT).first() or agent_create(
+            tenant=tenant, name=AGENT, description="The demo agent of `make run`."
+        )
+        token = creds.get("agent_token", "")
+        live = agent.tokens.filter(digest=token_digest(token), revoked_at__isnull=True).exists()
+        if not live:
+            creds["agent_token"] = token_issue(agent=agent).token
+
+        if not ToolServer.objects.filter(tenant=tenant, name=SERVER).exists():
+            try:
+                call_command(
+                    "toolserver_add", SERVER, tenant=TENANT,
+                    cmd=f"{sys.executable} -m mcp_server_time", stdout=self.stdout,
+                )  # fmt: skip
+            except CommandError as exc:
+                self.stderr.write(f"warning: {exc}")
+        if not Grant.objects.filter(tenant=tenant, agent=agent, tool_glob=f"{SERVER}__*").exists():
+            grant_create(tenant=tenant, agent=agent, tool_glob=f"{SERVER}__*")
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(creds, handle)
+        self.stdout.write(f"demo ready: tenant {TENANT}, agent {AGENT}, tool server {SERVER}")

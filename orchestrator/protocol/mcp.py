@@ -1,0 +1,233 @@
+"""MCP methods, both spec eras, independent of the transport (WebSocket or streamable HTTP).
+
+Handshake era (≤ 2025-11-25): ``initialize`` fixes the version for the connection/session.
+Stateless era (2026-07-28): no handshake; every request carries its version and the client's
+capabilities in ``params._meta``, results carry ``resultType`` (and cache hints on lists).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+from mcp_types import HEADER_MISMATCH, UNSUPPORTED_PROTOCOL_VERSION
+from mcp_types.version import (
+    HANDSHAKE_PROTOCOL_VERSIONS,
+    LATEST_HANDSHAKE_VERSION,
+    MODERN_PROTOCOL_VERSIONS,
+)
+
+from orchestrator import __version__
+from orchestrator.gateway import AgentContext, CallError, CallMeta, Gateway
+from orchestrator.protocol.jsonrpc import (
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    JsonRpcError,
+    Notification,
+    Request,
+    result_response,
+)
+
+META_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+SERVER_INFO = {"name": "workingagents-orchestrator", "version": __version__}
+CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": True}}
+INSTRUCTIONS = (
+    "Tools are namespaced by upstream server (server__tool). Every call is checked against "
+    "your grants and recorded in an audit trail."
+)
+
+
+def is_modern(version: str | None) -> bool:
+    return version in MODERN_PROTOCOL_VERSIONS
+
+
+def request_version(request: Request) -> str | None:
+    """The 2026-07-28 per-request version in ``_meta``, if the request carries one."""
+    meta = request.params.get("_meta")
+    if isinstance(meta, dict):
+        version = meta.get(META_VERSION)
+        return version if isinstance(version, str) else None
+    return None
+
+
+def check_envelope(request: Request) -> str:
+    """Validate a stateless-era request's ``_meta``; return its protocol version."""
+    meta = request.params.get("_meta")
+    if not isinstance(meta, dict):
+        raise JsonRpcError(
+            INVALID_PARAMS, f'params._meta must be an object carrying "{META_VERSION}"', request_id=request.id
+        )
+    version = meta.get(META_VERSION)
+    if not isinstance(version, str):
+        raise JsonRpcError(INVALID_PARAMS, f'params._meta["{META_VERSION}"] must be a string', request_id=request.id)
+    if not isinstance(meta.get(META_CAPABILITIES), dict):
+        raise JsonRpcError(
+            INVALID_PARAMS, f'params._meta["{META_CAPABILITIES}"] must be an object', request_id=request.id
+        )
+    if version not in MODERN_PROTOCOL_VERSIONS:
+        raise JsonRpcError(
+            UNSUPPORTED_PROTOCOL_VERSION,
+            f"unsupported protocol version {version!r}",
+            request_id=request.id,
+            data={"supported": [*MODERN_PROTOCOL_VERSIONS, *HANDSHAKE_PROTOCOL_VERSIONS], "requested": version},
+        )
+    return version
+
+
+def check_http_headers(request: Request, headers: Mapping[str, str]) -> None:
+    """2026-07-28 over HTTP: the routing headers must repeat what the body says."""
+    expected = {
+        "mcp-protocol-version": request_version(request),
+        "mcp-method": request.method,
+    }
+    if request.method == "tools/call":
+        expected["mcp-name"] = request.params.get("name")
+    for header, value in expected.items():
+        if headers.get(header) != value:
+            raise JsonRpcError(
+                HEADER_MISMATCH,
+                f"{header} header ({headers.get(header)!r}) does not match the request body ({value!r})",
+                request_id=request.id,
+            )
+
+
+class McpSession:
+    """One agent's MCP conversation: a WebSocket connection, or one HTTP session/request."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        ctx: AgentContext,
+        *,
+        transport: str,
+        protocol_version: str | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.ctx = ctx
+        self.transport = transport
+        self.protocol_version = protocol_version  # fixed by initialize (handshake era)
+
+    async def handle(self, request: Request) -> dict[str, Any]:
+        """Answer one request with a JSON-RPC response; errors become error responses."""
+        try:
+            version = self._version_of(request)
+            result = await self._dispatch(request, version)
+        except JsonRpcError as exc:
+            exc.request_id = request.id
+            return exc.response()
+        except CallError as exc:
+            return JsonRpcError(exc.code, exc.message, request_id=request.id, data=exc.data).response()
+        if is_modern(version):
+            result = {"resultType": "complete", **result}
+            result.setdefault("_meta", {})[META_SERVER_INFO] = SERVER_INFO
+        return result_response(request.id, result)
+
+    def _version_of(self, request: Request) -> str:
+        if request.method == "initialize":
+            if is_modern(self.protocol_version):
+                raise JsonRpcError(
+                    UNSUPPORTED_PROTOCOL_VERSION,
+                    "initialize is not part of protocol 2026-07-28; this connection speaks it",
+                    data={"supported": list(MODERN_PROTOCOL_VERSIONS), "requested": "initialize"},
+                )
+            return self._initialize_version(request)
+        if self.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+            if request_version(request) is not None:
+                raise JsonRpcError(
+                    INVALID_REQUEST,
+                    "this connection negotiated the handshake era with initialize; "
+                    "2026-07-28 requests need a connection of their own",
+                )
+            return self.protocol_version
+        if "_meta" in request.params or is_modern(self.protocol_version):
+            version = check_envelope(request)
+            self.protocol_version = version
+            return version
+        raise JsonRpcError(
+            INVALID_REQUEST,
+            "send initialize first (handshake era), or carry "
+            f'params._meta["{META_VERSION}"] (protocol 2026-07-28)',
+        )
+
+    def _initialize_version(self, request: Request) -> str:
+        offered = request.params.get("protocolVersion")
+        if not isinstance(offered, str):
+            raise JsonRpcError(INVALID_PARAMS, "initialize needs params.protocolVersion (a string)")
+        return offered if offered in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+
+    async def _dispatch(self, request: Request, version: str) -> dict[str, Any]:
+        method = request.method
+        if method == "initialize":
+            self.protocol_version = version
+            return {
+                "protocolVersion": version,
+                "capabilities": CAPABILITIES,
+                "serverInfo": SERVER_INFO,
+                "instructions": INSTRUCTIONS,
+            }
+        if method == "tools/list":
+            return self._tools_list(request, version)
+        if method == "tools/call":
+            return await self._tools_call(request, version)
+        if method == "ping" and not is_modern(version):
+            return {}
+        if method == "server/discover" and is_modern(version):
+            return {
+                "supportedVersions": [*MODERN_PROTOCOL_VERSIONS, *HANDSHAKE_PROTOCOL_VERSIONS],
+                "capabilities": CAPABILITIES,
+                "instructions": INSTRUCTIONS,
+                "ttlMs": 0,
+                "cacheScope": "public",
+            }
+        raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method!r}", data=method)
+
+    def _tools_list(self, request: Request, version: str) -> dict[str, Any]:
+        tools = self.gateway.visible_tools(self.ctx)
+        cursor = request.params.get("cursor")
+        if cursor is not None:
+            after = _decode_cursor(cursor)
+            tools = [t for t in tools if t.exposed_name > after]
+        page_size = self.gateway.page_size
+        page = tools[:page_size]
+        result: dict[str, Any] = {"tools": [t.as_mcp() for t in page]}
+        if len(tools) > page_size:
+            result["nextCursor"] = _encode_cursor(page[-1].exposed_name)
+        if is_modern(version):
+            # Grants change at any time: clients must not serve the list from a cache.
+            result.update(ttlMs=0, cacheScope="private")
+        return result
+
+    async def _tools_call(self, request: Request, version: str) -> dict[str, Any]:
+        name = request.params.get("name")
+        if not isinstance(name, str) or not name:
+            raise JsonRpcError(INVALID_PARAMS, "tools/call needs params.name (a string)")
+        arguments = request.params.get("arguments", {})
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise JsonRpcError(INVALID_PARAMS, "tools/call params.arguments must be an object")
+        meta = CallMeta(transport=self.transport, protocol_version=version, request_id=str(request.id))
+        return await self.gateway.call_tool(self.ctx, meta, name=name, arguments=arguments)
+
+
+def cancelled_request_id(notification: Notification) -> Any:
+    """The request a ``notifications/cancelled`` names, or None for any other notification."""
+    if notification.method != "notifications/cancelled":
+        return None
+    return notification.params.get("requestId")
+
+
+def _encode_cursor(after: str) -> str:
+    return base64.urlsafe_b64encode(after.encode()).decode()
+
+
+def _decode_cursor(cursor: Any) -> str:
+    try:
+        return base64.urlsafe_b64decode(str(cursor).encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise JsonRpcError(INVALID_PARAMS, f"invalid cursor: {cursor!r}") from None

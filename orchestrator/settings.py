@@ -1,0 +1,184 @@
+"""Django settings. Every value comes from an environment variable (see README's table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.env import env_bool, env_float, env_int, env_list, env_path, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = env_path("DATA_DIR", BASE_DIR / "var")
+
+SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "django_htmx",
+    "orchestrator",
+    "governance",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "orchestrator.urls"
+ASGI_APPLICATION = "orchestrator.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database(url: str) -> dict[str, object]:
+    """DATABASE_URL → Django DATABASES entry. Empty means the embedded SQLite file."""
+    if not url:
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "orchestrator.sqlite3",
+            "OPTIONS": {
+                # WAL lets readers run beside the audit writer; IMMEDIATE avoids lock-upgrade
+                # deadlocks between processes; the timeout waits out a busy writer.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in {"postgres", "postgresql"}:
+        raise ValueError(f"DATABASE_URL must be postgres://…, got scheme {parts.scheme!r}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": parts.path.lstrip("/"),
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+    }
+
+
+DATABASES = {"default": _database(env_str("DATABASE_URL", ""))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+WHITENOISE_USE_FINDERS = True  # serve app and project static files without collectstatic
+LOGIN_URL = "/admin/login/"
+
+REDIS_URL = env_str("REDIS_URL", "")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py 8 times out idle consumers without socket_timeout=None (DESIGN.md §5).
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Celery: Redis when configured, otherwise a broker on the local filesystem so the embedded
+# default needs no server of its own.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_RESULT_BACKEND = env_str(
+    "CELERY_RESULT_BACKEND", REDIS_URL or f"file://{DATA_DIR / 'celery-results'}"
+)
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {}
+    if REDIS_URL or not CELERY_BROKER_URL.startswith("filesystem")
+    else {
+        "data_folder_in": str(DATA_DIR / "celery-broker"),
+        "data_folder_out": str(DATA_DIR / "celery-broker"),
+        "processed_folder": str(DATA_DIR / "celery-processed"),
+        "store_processed": False,
+    }
+)
+for _folder in {v for k, v in CELERY_BROKER_TRANSPORT_OPTIONS.items() if k != "store_processed"}:
+    Path(str(_folder)).mkdir(parents=True, exist_ok=True)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+REST_FRAMEWORK = {
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+# --- the gateway ---------------------------------------------------------------------------
+# Largest JSON-RPC message accepted on /mcp and /mcp/ws; bigger ones get a JSON-RPC error.
+MCP_MAX_MESSAGE_BYTES = env_int("MCP_MAX_MESSAGE_BYTES", 1024 * 1024, minimum=1024)
+# Django reads a POST body only up to this; keep it above the JSON-RPC limit so ours speaks.
+DATA_UPLOAD_MAX_MEMORY_SIZE = MCP_MAX_MESSAGE_BYTES + 1024 * 1024
+# Frames above this are closed by the WebSocket transport itself (code 1009) before we see them.
+WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 4 * MCP_MAX_MESSAGE_BYTES, minimum=1024)
+# Per-call deadline for an upstream tool call.
+MCP_CALL_TIMEOUT_SECONDS = env_float("MCP_CALL_TIMEOUT_SECONDS", 30.0, minimum=0.01)
+# Tools per tools/list page.
+MCP_PAGE_SIZE = env_int("MCP_PAGE_SIZE", 100, minimum=1)
+# Browser origins allowed to call /mcp (requests without Origin are non-browser and allowed).
+MCP_ALLOWED_ORIGINS = env_list(
+    "MCP_ALLOWED_ORIGINS", ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+)
+# How often each gateway process re-reads the persisted governance version (tokens, grants,
+# tool servers): the bound on how long a revocation or grant change takes to apply.
+GOVERNANCE_POLL_SECONDS = env_float("GOVERNANCE_POLL_SECONDS", 0.25, minimum=0.01)
+# Audit group commit: most records per transaction.
+AUDIT_BATCH_MAX = env_int("AUDIT_BATCH_MAX", 500, minimum=1)
+# Upstream reconnect backoff (seconds): first wait and ceiling.
+UPSTREAM_BACKOFF_INITIAL = env_float("UPSTREAM_BACKOFF_INITIAL", 0.2, minimum=0.0)
+UPSTREAM_BACKOFF_MAX = env_float("UPSTREAM_BACKOFF_MAX", 10.0, minimum=0.0)
+
+# Where `manage.py serve` (and so `make run`) listens.
+HOST = env_str("HOST", "127.0.0.1")
+PORT = env_int("PORT", 8000, minimum=0)
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

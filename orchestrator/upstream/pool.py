@@ -1,0 +1,222 @@
+"""One persistent MCP session per upstream tool server per gateway process.
+
+Each ``Upstream`` owns a task that enters the SDK ``Client`` (anyio needs enter and exit in one
+task), keeps it while it lives, and reconnects with exponential backoff when it dies. Calls
+from any number of agents are multiplexed over that one session. While the upstream is down
+after a failed reconnect, calls fail at once instead of queueing (a minimal circuit breaker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED
+
+from governance.engine.types import ServerSpec
+
+logger = logging.getLogger(__name__)
+
+CatalogCallback = Callable[[ServerSpec, list[dict[str, Any]]], Awaitable[None]]
+LIVENESS_SECONDS = 5.0
+
+
+class UpstreamError(Exception):
+    """A call that did not reach a result; ``outcome`` names it for the audit record."""
+
+    outcome = "upstream_down"
+
+
+class UpstreamDown(UpstreamError):
+    outcome = "upstream_down"
+
+
+class UpstreamTimeout(UpstreamError):
+    outcome = "timeout"
+
+
+class UpstreamRpcError(UpstreamError):
+    """The upstream answered the call with a JSON-RPC error."""
+
+    outcome = "upstream_error"
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
+def _transport(spec: ServerSpec) -> Any:
+    if spec.transport == "stdio":
+        # The SDK passes only a safe subset of our environment; keep PATH and the venv usable.
+        env = {"PATH": os.environ.get("PATH", ""), **dict(spec.env)}
+        return StdioServerParameters(command=spec.command, args=list(spec.args), env=env)
+    return streamable_http_client(
+        spec.url, http_client=httpx2.AsyncClient(headers=dict(spec.headers), timeout=30.0)
+    )
+
+
+async def upstream_list_tools(client: Client) -> list[dict[str, Any]]:
+    tools: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(1000):  # a paginator that never ends cannot hang us
+        page = await client.list_tools(cursor=cursor, cache_mode="refresh")
+        tools.extend(t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+async def discover_tools(spec: ServerSpec, *, timeout: float) -> list[dict[str, Any]]:
+    """Connect once and list the server's tools (used when a server is added)."""
+    async with asyncio.timeout(timeout), Client(_transport(spec), cache=None) as client:
+        return await upstream_list_tools(client)
+
+
+class Upstream:
+    def __init__(
+        self,
+        spec: ServerSpec,
+        *,
+        on_catalog: CatalogCallback,
+        backoff_initial: float,
+        backoff_max: float,
+    ) -> None:
+        self.spec = spec
+        self._on_catalog = on_catalog
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._client: Client | None = None
+        self._ready = asyncio.Event()
+        self._dead = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.last_error = ""
+        self.failing = False  # the latest connection attempt failed: fail calls fast
+        self.connects = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"upstream-{self.spec.name}"
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+        """The upstream's CallToolResult as a JSON dict, or an UpstreamError."""
+        try:
+            async with asyncio.timeout(timeout):
+                client = await self._connected()
+                try:
+                    result = await client.session.call_tool(name, arguments)
+                except MCPError as exc:
+                    if exc.code == CONNECTION_CLOSED:
+                        self._dead.set()
+                        raise UpstreamDown(f"upstream {self.spec.name!r} disconnected") from None
+                    raise UpstreamRpcError(exc.code, exc.error.message, exc.error.data) from None
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"upstream {self.spec.name!r} did not answer within {timeout:g} s"
+            ) from None
+        return result.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+    async def _connected(self) -> Client:
+        if self._client is None and self.failing:
+            raise UpstreamDown(f"upstream {self.spec.name!r} is down: {self.last_error}")
+        await self._ready.wait()
+        assert self._client is not None
+        return self._client
+
+    async def _run(self) -> None:
+        delay = self._backoff_initial
+        while True:
+            try:
+                async with Client(_transport(self.spec), cache=None) as client:
+                    tools = await upstream_list_tools(client)
+                    await self._on_catalog(self.spec, tools)
+                    self._client, self.failing, self.last_error = client, False, ""
+                    self.connects += 1
+                    self._dead.clear()
+                    self._ready.set()
+                    delay = self._backoff_initial
+                    logger.info("upstream %s connected (%s)", self.spec.name, client.protocol_version)
+                    await self._watch(client)
+                    self.last_error = "connection closed"
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - anyio wraps failures in groups
+                self.last_error = _describe(exc)
+                self.failing = True
+                logger.warning("upstream %s failed: %s", self.spec.name, self.last_error)
+            finally:
+                self._client = None
+                self._ready.clear()
+            await asyncio.sleep(delay)
+            delay = min(max(delay * 2, 0.05), self._backoff_max)
+
+    async def _watch(self, client: Client) -> None:
+        """Return when the session is dead: a call saw it close, or a liveness ping failed."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LIVENESS_SECONDS):
+                    await self._dead.wait()
+                    return
+            try:
+                async with asyncio.timeout(LIVENESS_SECONDS):
+                    await client.send_ping()
+            except MCPError as exc:
+                if exc.code == CONNECTION_CLOSED:
+                    return
+            except TimeoutError:
+                return
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class UpstreamPool:
+    """The process's upstreams by server id; a changed spec replaces the session."""
+
+    def __init__(self, *, on_catalog: CatalogCallback, backoff_initial: float, backoff_max: float) -> None:
+        self._on_catalog = on_catalog
+        self._backoff = (backoff_initial, backoff_max)
+        self._upstreams: dict[int, Upstream] = {}
+
+    def get(self, spec: ServerSpec) -> Upstream:
+        upstream = self._upstreams.get(spec.id)
+        if upstream is None or upstream.spec != spec:
+            if upstream is not None:
+                asyncio.get_running_loop().create_task(upstream.stop())
+            upstream = Upstream(
+                spec,
+                on_catalog=self._on_catalog,
+                backoff_initial=self._backoff[0],
+                backoff_max=self._backoff[1],
+            )
+            upstream.start()
+            self._upstreams[spec.id] = upstream
+        return upstream
+
+    def retire_missing(self, live_ids: set[int]) -> None:
+        """Stop the sessions of servers that were removed or disabled."""
+        for server_id in set(self._upstreams) - live_ids:
+            asyncio.get_running_loop().create_task(self._upstreams.pop(server_id).stop())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(u.stop() for u in self._upstreams.values()))
+        self._upstreams.clear()
