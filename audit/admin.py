@@ -7,7 +7,16 @@ from audit.models import AuditRecord
 class AuditRecordAdmin(admin.ModelAdmin):
     """Read-only: the trail is written by the gateway alone."""
 
-    list_display = ["created_at", "kind", "tenant", "agent_name", "tool", "decision", "outcome", "latency_ms"]
+    list_display = [
+        "created_at",
+        "kind",
+        "tenant",
+        "agent_name",
+        "tool",
+        "decision",
+        "outcome",
+        "latency_ms",
+    ]
     list_filter = ["tenant", "kind", "decision", "outcome", "transport", "protocol_era"]
     search_fields = ["tool", "agent_name", "reason", "error", "call_id"]
     date_hierarchy = "created_at"

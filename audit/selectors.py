@@ -8,7 +8,9 @@ from governance.models import Tenant
 
 def audit_record_list(*, tenant: Tenant, limit: int) -> list[AuditRecord]:
     """The tenant's latest ``limit`` records, oldest first."""
-    latest = AuditRecord.objects.filter(tenant=tenant).select_related("tenant").order_by("-id")[:limit]
+    latest = (
+        AuditRecord.objects.filter(tenant=tenant).select_related("tenant").order_by("-id")[:limit]
+    )
     return list(reversed(latest))
 
 

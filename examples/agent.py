@@ -1,8 +1,8 @@
 """A minimal agent: list the tools the gateway grants it, then call the time tool.
 
-    python examples/agent.py --url http://127.0.0.1:8000/mcp --token wa_...
-    python examples/agent.py --url ws://127.0.0.1:8000/mcp/ws --token wa_...
-    add --mode legacy to use the handshake era (2025-11-25) instead of 2026-07-28
+python examples/agent.py --url http://127.0.0.1:8000/mcp --token wa_...
+python examples/agent.py --url ws://127.0.0.1:8000/mcp/ws --token wa_...
+add --mode legacy to use the handshake era (2025-11-25) instead of 2026-07-28
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from examples.mcp_ws import websocket_client  # noqa: E402
+from examples.mcp_ws import websocket_client
 
 
 async def main(url: str, token: str, mode: str, tool: str, timezone: str) -> None:
@@ -38,7 +38,9 @@ async def main(url: str, token: str, mode: str, tool: str, timezone: str) -> Non
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000/mcp")
     parser.add_argument("--token", required=True)
     parser.add_argument("--mode", default="auto", help="auto | legacy | 2026-07-28")

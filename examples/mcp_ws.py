@@ -3,27 +3,32 @@
 mcp 2.x dropped its WebSocket client; the gateway speaks MCP over WebSocket at /mcp/ws,
 one JSON-RPC message per text frame. Use: `Client(websocket_client(url, headers), mode=...)`.
 """
+
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
-from mcp_types import jsonrpc_message_adapter
 from mcp.client._transport import TransportStreams
 from mcp.shared.message import SessionMessage
+from mcp_types import jsonrpc_message_adapter
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 
 @asynccontextmanager
-async def websocket_client(url: str, headers: dict[str, str] | None = None) -> AsyncIterator[TransportStreams]:
+async def websocket_client(
+    url: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[TransportStreams]:
     read_w, read_r = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_w, write_r = anyio.create_memory_object_stream[SessionMessage](0)
     async with connect(url, subprotocols=[Subprotocol("mcp")], additional_headers=headers) as ws:
         if ws.subprotocol != "mcp":
-            raise ConnectionError(f"server did not accept subprotocol 'mcp' (got {ws.subprotocol!r})")
+            raise ConnectionError(
+                f"server did not accept subprotocol 'mcp' (got {ws.subprotocol!r})"
+            )
 
         async def ws_reader() -> None:
             async with read_w:
@@ -40,7 +45,9 @@ async def websocket_client(url: str, headers: dict[str, str] | None = None) -> A
 
         async def ws_writer() -> None:
             async with write_r:
-                async for sm in write_r:  # sm.metadata.headers (Mcp-Method etc.) is ignored: no HTTP here
+                async for (
+                    sm
+                ) in write_r:  # sm.metadata.headers (Mcp-Method etc.) is ignored: no HTTP here
                     await ws.send(sm.message.model_dump_json(by_alias=True, exclude_unset=True))
 
         async with anyio.create_task_group() as tg:

@@ -71,7 +71,8 @@ class AgentAdmin(VersionedAdmin):
         for agent in queryset:
             issued = token_issue(agent=agent)
             self.message_user(
-                request, f"Token for {agent}: {issued.token} — copy it now, it is not stored.",
+                request,
+                f"Token for {agent}: {issued.token} — copy it now, it is not stored.",
                 messages.WARNING,
             )
 

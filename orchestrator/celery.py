@@ -17,4 +17,3 @@ app.autodiscover_tasks()
 def ping() -> str:
     """A liveness probe: `make run` and the tests use it to show the worker is serving."""
     return "pong"
-

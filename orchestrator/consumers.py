@@ -93,7 +93,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         try:
             if text_data is None:
-                raise JsonRpcError(INVALID_REQUEST, "binary frames are not supported: send JSON text")
+                raise JsonRpcError(
+                    INVALID_REQUEST, "binary frames are not supported: send JSON text"
+                )
             message = parse_message(text_data, max_bytes=settings.MCP_MAX_MESSAGE_BYTES)
         except JsonRpcError as exc:
             await self.send_json(exc.response())
@@ -104,7 +106,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
             if message.id in self.inflight:
                 await self.send_json(
                     JsonRpcError(
-                        INVALID_REQUEST, f"request id {message.id!r} is already in use", request_id=message.id
+                        INVALID_REQUEST,
+                        f"request id {message.id!r} is already in use",
+                        request_id=message.id,
                     ).response()
                 )
             elif message.method == "tools/call":

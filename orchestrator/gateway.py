@@ -132,10 +132,16 @@ class Gateway:
     async def refresh(self) -> None:
         """Reload every tenant whose persisted version moved, then tell its connections."""
         versions: dict[int, int] = await self._in_db(selectors.tenant_versions)
-        changed = [tid for tid, v in versions.items() if getattr(self._states.get(tid), "version", None) != v]
+        changed = [
+            tid
+            for tid, v in versions.items()
+            if getattr(self._states.get(tid), "version", None) != v
+        ]
         removed = set(self._states) - set(versions)
         for tenant_id in changed:
-            self._states[tenant_id] = await self._in_db(selectors.tenant_state_get, tenant_id=tenant_id)
+            self._states[tenant_id] = await self._in_db(
+                selectors.tenant_state_get, tenant_id=tenant_id
+            )
         for tenant_id in removed:
             del self._states[tenant_id]
         if not changed and not removed:
@@ -256,7 +262,7 @@ class Gateway:
             await intent_written
             upstream = self.upstreams.get(state.servers[tool.server_id])
             result = await upstream.call_tool(
-                tool.name, arguments, timeout=settings.MCP_CALL_TIMEOUT_SECONDS
+                tool.name, arguments, deadline=settings.MCP_CALL_TIMEOUT_SECONDS
             )
         except UpstreamError as exc:
             await self.audit.write(outcome(exc.outcome, error=str(exc)))
@@ -285,10 +291,21 @@ class Gateway:
 
 
 _COPIED_FIELDS = (
-    "call_id", "tenant_id", "agent_id", "agent_name", "transport", "protocol_era",
-    "protocol_version", "request_id", "tool", "arguments", "decision", "reason", "rule",
+    "call_id",
+    "tenant_id",
+    "agent_id",
+    "agent_name",
+    "transport",
+    "protocol_era",
+    "protocol_version",
+    "request_id",
+    "tool",
+    "arguments",
+    "decision",
+    "reason",
+    "rule",
     "started_at",
-)  # fmt: skip
+)
 
 
 def _as_intent(record: AuditRecord) -> AuditRecord:

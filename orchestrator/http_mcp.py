@@ -32,13 +32,22 @@ from orchestrator.protocol.jsonrpc import (
     error_response,
     parse_message,
 )
-from orchestrator.protocol.mcp import McpSession, cancelled_request_id, check_http_headers, is_modern
+from orchestrator.protocol.mcp import (
+    McpSession,
+    cancelled_request_id,
+    check_http_headers,
+    is_modern,
+)
 
 UNAUTHORIZED = -32010
 SESSION_SALT = "orchestrator.mcp-session"
 _BAD_REQUEST_CODES = {
-    PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS, HEADER_MISMATCH, UNSUPPORTED_PROTOCOL_VERSION,
-}  # fmt: skip
+    PARSE_ERROR,
+    INVALID_REQUEST,
+    INVALID_PARAMS,
+    HEADER_MISMATCH,
+    UNSUPPORTED_PROTOCOL_VERSION,
+}
 # Handshake-era calls in flight in this process, so a notifications/cancelled can reach them.
 _inflight: dict[tuple[str, RequestId], asyncio.Task[Any]] = {}
 
@@ -54,7 +63,9 @@ def _json(body: dict[str, Any], status: int = 200, **headers: str) -> HttpRespon
     return response
 
 
-def _error(code: int, message: str, status: int, request_id: RequestId | None = None, **headers: str) -> HttpResponse:
+def _error(
+    code: int, message: str, status: int, request_id: RequestId | None = None, **headers: str
+) -> HttpResponse:
     return _json(error_response(request_id, code, message), status, **headers)
 
 
@@ -76,7 +87,9 @@ def _origin_allowed(origin: str) -> bool:
 
 
 def session_id_issue(ctx: AgentContext, version: str) -> str:
-    return signing.dumps({"t": ctx.token_digest[:24], "v": version}, salt=SESSION_SALT, compress=True)
+    return signing.dumps(
+        {"t": ctx.token_digest[:24], "v": version}, salt=SESSION_SALT, compress=True
+    )
 
 
 def session_version(session_id: str, ctx: AgentContext) -> str | None:
@@ -98,16 +111,23 @@ async def mcp_endpoint(request: HttpRequest) -> HttpResponse:
         return _error(INVALID_REQUEST, f"origin {origin!r} is not allowed", 403)
     if request.method not in {"POST", "DELETE"}:
         # No server-initiated stream (yet): clients treat 405 as "none offered".
-        return _error(METHOD_NOT_FOUND, f"{request.method} is not supported on /mcp", 405, Allow="POST, DELETE")
+        return _error(
+            METHOD_NOT_FOUND,
+            f"{request.method} is not supported on /mcp",
+            405,
+            Allow="POST, DELETE",
+        )
 
     gateway = await get_gateway()
     try:
         ctx = gateway.authenticate(bearer_token(request.scope["headers"]))
     except AuthError as exc:
         return _error(
-            UNAUTHORIZED, f"unauthorized: {exc}", 401,
+            UNAUTHORIZED,
+            f"unauthorized: {exc}",
+            401,
             WWW_Authenticate=f'Bearer error="invalid_token", error_description="{exc}"',
-        )  # fmt: skip
+        )
 
     session_id = request.headers.get("Mcp-Session-Id", "")
     if request.method == "DELETE":
@@ -119,7 +139,11 @@ async def mcp_endpoint(request: HttpRequest) -> HttpResponse:
     declared = int(request.headers.get("Content-Length") or 0)
     limit = settings.MCP_MAX_MESSAGE_BYTES
     if declared > limit:
-        return _error(INVALID_REQUEST, f"message too large: {declared} bytes exceeds the limit of {limit}", 413)
+        return _error(
+            INVALID_REQUEST,
+            f"message too large: {declared} bytes exceeds the limit of {limit}",
+            413,
+        )
     try:
         message = parse_message(request.body, max_bytes=limit)
     except JsonRpcError as exc:
@@ -128,7 +152,11 @@ async def mcp_endpoint(request: HttpRequest) -> HttpResponse:
     version_header = request.headers.get("Mcp-Protocol-Version")
     if isinstance(message, Notification):
         if (request_id := cancelled_request_id(message)) is not None:
-            task = _inflight.get((session_id, request_id)) if isinstance(request_id, str | int) else None
+            task = (
+                _inflight.get((session_id, request_id))
+                if isinstance(request_id, str | int)
+                else None
+            )
             if task is not None:
                 task.cancel()
         return HttpResponse(status=202)
@@ -156,7 +184,11 @@ async def _handshake(
     if message.method == "initialize":
         session = McpSession(gateway, ctx, transport="http")
         response = await session.handle(message)
-        if "error" in response or session.protocol_version is None or is_modern(session.protocol_version):
+        if (
+            "error" in response
+            or session.protocol_version is None
+            or is_modern(session.protocol_version)
+        ):
             return _json(response, _status_for(response))
         return _json(response, Mcp_Session_Id=session_id_issue(ctx, session.protocol_version))
     if not session_id:
@@ -164,16 +196,19 @@ async def _handshake(
             INVALID_REQUEST,
             "missing Mcp-Session-Id: send initialize first, or use protocol 2026-07-28 "
             "(MCP-Protocol-Version header and params._meta)",
-            400, message.id,
-        )  # fmt: skip
+            400,
+            message.id,
+        )
     version = session_version(session_id, ctx)
     if version is None:
         return _error(INVALID_REQUEST, "unknown session: initialize again", 404, message.id)
     if version_header is not None and version_header != version:
         return _error(
-            INVALID_REQUEST, f"MCP-Protocol-Version {version_header!r} differs from the session's {version!r}",
-            400, message.id,
-        )  # fmt: skip
+            INVALID_REQUEST,
+            f"MCP-Protocol-Version {version_header!r} differs from the session's {version!r}",
+            400,
+            message.id,
+        )
     session = McpSession(gateway, ctx, transport="http", protocol_version=version)
     key = (session_id, message.id)
     task = asyncio.ensure_future(session.handle(message))

@@ -18,5 +18,7 @@ def decide(grants: Iterable[GrantRule], *, agent_id: int, tool: str) -> Decision
         if (grant.agent_id is None or grant.agent_id == agent_id) and fnmatchcase(
             tool, grant.tool_glob
         ):
-            return Decision(allowed=True, reason=f"granted by {grant.tool_glob!r}", rule=f"grant:{grant.id}")
+            return Decision(
+                allowed=True, reason=f"granted by {grant.tool_glob!r}", rule=f"grant:{grant.id}"
+            )
     return DEFAULT_DENY

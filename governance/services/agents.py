@@ -13,7 +13,7 @@ from django.utils import timezone
 from governance.models import Agent, AgentToken, Tenant
 from governance.services.versions import tenant_version_bump
 
-TOKEN_PREFIX = "wa_"
+TOKEN_PREFIX = "wa_"  # noqa: S105 - a prefix, not a secret
 
 
 def token_digest(token: str) -> str:

@@ -91,19 +91,21 @@ def validate_message(data: Any) -> Message:
     valid_id = isinstance(request_id, str | int) and not isinstance(request_id, bool)
     echo_id = request_id if valid_id else None
     if data.get("jsonrpc") != "2.0":
-        raise JsonRpcError(INVALID_REQUEST, 'missing or wrong "jsonrpc": must be "2.0"', request_id=echo_id)
+        raise JsonRpcError(
+            INVALID_REQUEST, 'missing or wrong "jsonrpc": must be "2.0"', request_id=echo_id
+        )
     if "method" not in data:
         if ("result" in data) != ("error" in data):
             return Response(id=echo_id)
         raise JsonRpcError(INVALID_REQUEST, 'a request needs a "method"', request_id=echo_id)
     method = data["method"]
     if not isinstance(method, str) or not method:
-        raise JsonRpcError(INVALID_REQUEST, '"method" must be a non-empty string', request_id=echo_id)
+        raise JsonRpcError(
+            INVALID_REQUEST, '"method" must be a non-empty string', request_id=echo_id
+        )
     params = data.get("params", {})
     if not isinstance(params, dict):
-        raise JsonRpcError(
-            INVALID_PARAMS, '"params" must be an object', request_id=echo_id
-        )
+        raise JsonRpcError(INVALID_PARAMS, '"params" must be an object', request_id=echo_id)
     if "id" not in data:
         return Notification(method=method, params=params)
     if not valid_id:

@@ -60,21 +60,32 @@ def check_envelope(request: Request) -> str:
     meta = request.params.get("_meta")
     if not isinstance(meta, dict):
         raise JsonRpcError(
-            INVALID_PARAMS, f'params._meta must be an object carrying "{META_VERSION}"', request_id=request.id
+            INVALID_PARAMS,
+            f'params._meta must be an object carrying "{META_VERSION}"',
+            request_id=request.id,
         )
     version = meta.get(META_VERSION)
     if not isinstance(version, str):
-        raise JsonRpcError(INVALID_PARAMS, f'params._meta["{META_VERSION}"] must be a string', request_id=request.id)
+        raise JsonRpcError(
+            INVALID_PARAMS,
+            f'params._meta["{META_VERSION}"] must be a string',
+            request_id=request.id,
+        )
     if not isinstance(meta.get(META_CAPABILITIES), dict):
         raise JsonRpcError(
-            INVALID_PARAMS, f'params._meta["{META_CAPABILITIES}"] must be an object', request_id=request.id
+            INVALID_PARAMS,
+            f'params._meta["{META_CAPABILITIES}"] must be an object',
+            request_id=request.id,
         )
     if version not in MODERN_PROTOCOL_VERSIONS:
         raise JsonRpcError(
             UNSUPPORTED_PROTOCOL_VERSION,
             f"unsupported protocol version {version!r}",
             request_id=request.id,
-            data={"supported": [*MODERN_PROTOCOL_VERSIONS, *HANDSHAKE_PROTOCOL_VERSIONS], "requested": version},
+            data={
+                "supported": [*MODERN_PROTOCOL_VERSIONS, *HANDSHAKE_PROTOCOL_VERSIONS],
+                "requested": version,
+            },
         )
     return version
 
@@ -91,7 +102,7 @@ def check_http_headers(request: Request, headers: Mapping[str, str]) -> None:
         if headers.get(header) != value:
             raise JsonRpcError(
                 HEADER_MISMATCH,
-                f"{header} header ({headers.get(header)!r}) does not match the request body ({value!r})",
+                f"{header} header ({headers.get(header)!r}) does not match the body ({value!r})",
                 request_id=request.id,
             )
 
@@ -121,7 +132,9 @@ class McpSession:
             exc.request_id = request.id
             return exc.response()
         except CallError as exc:
-            return JsonRpcError(exc.code, exc.message, request_id=request.id, data=exc.data).response()
+            return JsonRpcError(
+                exc.code, exc.message, request_id=request.id, data=exc.data
+            ).response()
         if is_modern(version):
             result = {"resultType": "complete", **result}
             result.setdefault("_meta", {})[META_SERVER_INFO] = SERVER_INFO
@@ -211,7 +224,9 @@ class McpSession:
             arguments = {}
         if not isinstance(arguments, dict):
             raise JsonRpcError(INVALID_PARAMS, "tools/call params.arguments must be an object")
-        meta = CallMeta(transport=self.transport, protocol_version=version, request_id=str(request.id))
+        meta = CallMeta(
+            transport=self.transport, protocol_version=version, request_id=str(request.id)
+        )
         return await self.gateway.call_tool(self.ctx, meta, name=name, arguments=arguments)
 
 
@@ -228,6 +243,6 @@ def _encode_cursor(after: str) -> str:
 
 def _decode_cursor(cursor: Any) -> str:
     try:
-        return base64.urlsafe_b64decode(str(cursor).encode()).decode()
+        return base64.b64decode(str(cursor).encode(), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise JsonRpcError(INVALID_PARAMS, f"invalid cursor: {cursor!r}") from None

@@ -69,16 +69,18 @@ async def upstream_list_tools(client: Client) -> list[dict[str, Any]]:
     cursor: str | None = None
     for _ in range(1000):  # a paginator that never ends cannot hang us
         page = await client.list_tools(cursor=cursor, cache_mode="refresh")
-        tools.extend(t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in page.tools)
+        tools.extend(
+            t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in page.tools
+        )
         cursor = page.next_cursor
         if not cursor:
             break
     return tools
 
 
-async def discover_tools(spec: ServerSpec, *, timeout: float) -> list[dict[str, Any]]:
+async def discover_tools(spec: ServerSpec, *, deadline: float) -> list[dict[str, Any]]:
     """Connect once and list the server's tools (used when a server is added)."""
-    async with asyncio.timeout(timeout), Client(_transport(spec), cache=None) as client:
+    async with asyncio.timeout(deadline), Client(_transport(spec), cache=None) as client:
         return await upstream_list_tools(client)
 
 
@@ -114,10 +116,12 @@ class Upstream:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
-    async def call_tool(self, name: str, arguments: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], *, deadline: float
+    ) -> dict[str, Any]:
         """The upstream's CallToolResult as a JSON dict, or an UpstreamError."""
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(deadline):
                 client = await self._connected()
                 try:
                     result = await client.session.call_tool(name, arguments)
@@ -128,7 +132,7 @@ class Upstream:
                     raise UpstreamRpcError(exc.code, exc.error.message, exc.error.data) from None
         except TimeoutError:
             raise UpstreamTimeout(
-                f"upstream {self.spec.name!r} did not answer within {timeout:g} s"
+                f"upstream {self.spec.name!r} did not answer within {deadline:g} s"
             ) from None
         return result.model_dump(by_alias=True, exclude_none=True, mode="json")
 
@@ -151,12 +155,14 @@ class Upstream:
                     self._dead.clear()
                     self._ready.set()
                     delay = self._backoff_initial
-                    logger.info("upstream %s connected (%s)", self.spec.name, client.protocol_version)
+                    logger.info(
+                        "upstream %s connected (%s)", self.spec.name, client.protocol_version
+                    )
                     await self._watch(client)
                     self.last_error = "connection closed"
             except asyncio.CancelledError:
                 raise
-            except BaseException as exc:  # noqa: BLE001 - anyio wraps failures in groups
+            except BaseException as exc:
                 self.last_error = _describe(exc)
                 self.failing = True
                 logger.warning("upstream %s failed: %s", self.spec.name, self.last_error)
@@ -192,7 +198,9 @@ def _describe(exc: BaseException) -> str:
 class UpstreamPool:
     """The process's upstreams by server id; a changed spec replaces the session."""
 
-    def __init__(self, *, on_catalog: CatalogCallback, backoff_initial: float, backoff_max: float) -> None:
+    def __init__(
+        self, *, on_catalog: CatalogCallback, backoff_initial: float, backoff_max: float
+    ) -> None:
         self._on_catalog = on_catalog
         self._backoff = (backoff_initial, backoff_max)
         self._upstreams: dict[int, Upstream] = {}

@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand
 
-from audit.selectors import audit_record_list, audit_record_as_dict
+from audit.selectors import audit_record_as_dict, audit_record_list
 from governance.management.commands._util import tenant_by_slug
 
 
@@ -25,4 +25,3 @@ class Command(BaseCommand):
                     f"{row['created_at']} {row['kind']:<7} {row['agent']:<16} {row['tool']:<32} "
                     f"{row['decision']:<5} {row['outcome'] or '-':<13} {row['reason']}"
                 )
-

@@ -9,7 +9,9 @@ def tenant_by_slug(slug: str) -> Tenant:
     try:
         return Tenant.objects.get(slug=slug)
     except Tenant.DoesNotExist:
-        raise CommandError(f"no tenant {slug!r} (create it with: manage.py tenant_create {slug})") from None
+        raise CommandError(
+            f"no tenant {slug!r} (create it with: manage.py tenant_create {slug})"
+        ) from None
 
 
 def agent_by_name(tenant: Tenant, name: str) -> Agent:

@@ -5,7 +5,9 @@ from governance.services.agents import token_revoke
 
 
 class Command(BaseCommand):
-    help = "Revoke an agent's tokens (all, or those starting with --prefix); live connections close."
+    help = (
+        "Revoke an agent's tokens (all, or those starting with --prefix); live connections close."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--tenant", required=True)

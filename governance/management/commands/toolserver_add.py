@@ -46,8 +46,8 @@ class Command(BaseCommand):
                 else:
                     spec = tenant_state_get(tenant_id=tenant_obj.id).servers[server.id]
                     try:
-                        tools = asyncio.run(discover_tools(spec, timeout=timeout))
-                    except BaseException as exc:  # noqa: BLE001 - anyio raises groups
+                        tools = asyncio.run(discover_tools(spec, deadline=timeout))
+                    except BaseException as exc:
                         raise CommandError(
                             f"could not list the tools of {name!r}: {_describe(exc)} "
                             "(nothing was added; --no-discover adds it anyway)"

@@ -32,7 +32,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         path = credentials_path()
         creds = json.loads(path.read_text()) if path.exists() else {}
-        tenant = Tenant.objects.filter(slug=TENANT).first() or tenant_create(slug=TENANT, name="Demo")
+        tenant = Tenant.objects.filter(slug=TENANT).first() or tenant_create(
+            slug=TENANT, name="Demo"
+        )
 
         user_model = get_user_model()
         if not creds.get("admin_password"):
@@ -55,9 +57,12 @@ class Command(BaseCommand):
         if not ToolServer.objects.filter(tenant=tenant, name=SERVER).exists():
             try:
                 call_command(
-                    "toolserver_add", SERVER, tenant=TENANT,
-                    cmd=f"{sys.executable} -m mcp_server_time", stdout=self.stdout,
-                )  # fmt: skip
+                    "toolserver_add",
+                    SERVER,
+                    tenant=TENANT,
+                    cmd=f"{sys.executable} -m mcp_server_time",
+                    stdout=self.stdout,
+                )
             except CommandError as exc:
                 self.stderr.write(f"warning: {exc}")
         if not Grant.objects.filter(tenant=tenant, agent=agent, tool_glob=f"{SERVER}__*").exists():

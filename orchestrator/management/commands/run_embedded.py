@@ -36,9 +36,19 @@ class Command(BaseCommand):
         }
         if not no_worker:
             children["worker"] = [
-                sys.executable, "-m", "celery", "-A", "orchestrator", "worker",
-                "--loglevel", "WARNING", "--concurrency", "2", "--hostname", "embedded@%h",
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "orchestrator",
+                "worker",
+                "--loglevel",
+                "WARNING",
+                "--concurrency",
+                "2",
+                "--hostname",
+                "embedded@%h",
+            ]
         supervisor = Supervisor(children, log=self.stdout.write)
         signal.signal(signal.SIGTERM, lambda *_: supervisor.stop())
         signal.signal(signal.SIGINT, lambda *_: supervisor.stop())

@@ -19,9 +19,15 @@ class Command(BaseCommand):
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
 
+        from orchestrator import daphne_ws
+
+        daphne_ws.install()
+
         def ready() -> None:
             for address in server.listening_addresses:
-                self.stdout.write(f"gateway listening on http://{address[0]}:{address[1]}", ending="\n")
+                self.stdout.write(
+                    f"gateway listening on http://{address[0]}:{address[1]}", ending="\n"
+                )
             self.stdout.flush()
 
         server = Server(

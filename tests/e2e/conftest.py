@@ -1,0 +1,168 @@
+"""A real gateway: `manage.py serve` on a free loopback port over its own SQLite database,
+set up with the bootstrap commands, with real upstream MCP servers over stdio."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from examples.mcp_ws import websocket_client
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTKIT = Path(__file__).with_name("testkit_server.py")
+CALL_TIMEOUT = 2.0
+
+
+@dataclass
+class Gateway:
+    data_dir: Path
+    env: dict[str, str]
+    base: str = ""
+    tokens: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[str] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.base}/mcp"
+
+    @property
+    def ws_url(self) -> str:
+        return self.base.replace("http", "ws", 1) + "/mcp/ws"
+
+    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def audit(self, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Audit rows straight from the database, oldest first."""
+        with contextlib.closing(sqlite3.connect(self.data_dir / "orchestrator.sqlite3")) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(
+                f"SELECT * FROM audit_auditrecord WHERE {where} ORDER BY id", params
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def wait_for_audit(
+        self, where: str, params: tuple[Any, ...], count: int
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = self.audit(where, params)
+            if len(rows) >= count:
+                return rows
+            time.sleep(0.05)
+        return self.audit(where, params)
+
+
+def start_server(gateway: Gateway) -> None:
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "serve", "--port", "0"],
+        env=gateway.env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if match := re.search(r"gateway listening on (http://\S+)", line):
+            gateway.base, gateway.process = match.group(1), process
+            break
+    else:
+        process.kill()
+        raise AssertionError("the gateway did not start")
+    # Drain its output in the background so it never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    data_dir = tmp_path_factory.mktemp("gateway")
+    env = {
+        **os.environ,
+        "DATA_DIR": str(data_dir),
+        "MCP_CALL_TIMEOUT_SECONDS": str(CALL_TIMEOUT),
+        "GOVERNANCE_POLL_SECONDS": "0.25",
+        "UPSTREAM_BACKOFF_INITIAL": "0.1",
+        "UPSTREAM_BACKOFF_MAX": "0.5",
+        "MCP_MAX_MESSAGE_BYTES": str(64 * 1024),
+        "MCP_PAGE_SIZE": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    gw = Gateway(data_dir=data_dir, env=env)
+    gw.manage("migrate", "-v0")
+    gw.manage("tenant_create", "acme")
+    for agent in ("alice", "bob", "carol", "dave"):
+        out = gw.manage("agent_create", "--tenant", "acme", agent).stdout
+        gw.tokens[agent] = out.strip().splitlines()[-1]
+    gw.manage(
+        "toolserver_add",
+        "--tenant",
+        "acme",
+        "time",
+        "--command",
+        f"{sys.executable} -m mcp_server_time",
+    )
+    gw.manage(
+        "toolserver_add", "--tenant", "acme", "testkit", "--command", f"{sys.executable} {TESTKIT}"
+    )
+    gw.manage("grant", "--tenant", "acme", "--agent", "*", "--tool", "time__get_current_time")
+    gw.manage("grant", "--tenant", "acme", "--agent", "alice", "--tool", "time__*")
+    gw.manage("grant", "--tenant", "acme", "--agent", "alice", "--tool", "testkit__*")
+    start_server(gw)
+    yield gw
+    assert gw.process is not None
+    gw.process.terminate()
+    try:
+        gw.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        gw.process.kill()
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(
+    gateway: Gateway, token: str, *, transport: str = "http", mode: str = "auto"
+) -> AsyncIterator[Client]:
+    """The official mcp SDK client, unmodified, over streamable HTTP or WebSocket."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with contextlib.AsyncExitStack() as stack:
+        if transport == "ws":
+            target: Any = websocket_client(gateway.ws_url, headers)
+        else:
+            http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers))
+            target = streamable_http_client(gateway.http_url, http_client=http)
+        yield await stack.enter_async_context(Client(target, mode=mode, read_timeout_seconds=30))
+
+
+def jsonrpc(method: str, params: dict[str, Any] | None = None, id: int | str = 1) -> str:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return json.dumps(message)

@@ -1,0 +1,36 @@
+"""A real MCP server (the SDK's MCPServer over stdio) whose tools misbehave on request, so
+tests can watch the gateway survive an upstream that is slow or dies mid-call."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("testkit", subscriptions=False)
+
+
+@server.tool(description="Echo the text back.")
+def echo(text: str) -> str:
+    return text
+
+
+@server.tool(description="The process id of this server.")
+def pid() -> int:
+    return os.getpid()
+
+
+@server.tool(description="Answer after the given number of seconds.")
+async def sleep(seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+@server.tool(description="Kill this server process while the call is in flight.")
+def crash() -> str:
+    os._exit(17)
+
+
+if __name__ == "__main__":
+    asyncio.run(server.run_stdio_async())
