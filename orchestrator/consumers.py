@@ -2,19 +2,20 @@
 
 Close codes (docs/api.md): 4401 — missing, unknown, expired or revoked token (also when it is
 revoked while connected); 1009 — a frame above the transport hard cap. A connection that does
-not offer the "mcp" subprotocol is refused at the handshake (HTTP 403).
+not offer the "mcp" subprotocol, or comes from a page of another origin, is refused at the
+handshake (HTTP 403).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from orchestrator.auth import bearer_token, header, origin_allowed
 from orchestrator.gateway import AgentContext, AuthError, Gateway, get_gateway
 from orchestrator.protocol.jsonrpc import (
     INVALID_REQUEST,
@@ -26,19 +27,8 @@ from orchestrator.protocol.jsonrpc import (
 )
 from orchestrator.protocol.mcp import McpSession, cancelled_request_id
 
-logger = logging.getLogger(__name__)
-
 SUBPROTOCOL = "mcp"
 CLOSE_UNAUTHORIZED = 4401
-
-
-def bearer_token(headers: list[tuple[bytes, bytes]] | Any) -> str:
-    for name, value in headers:
-        if name.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
-    return ""
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
@@ -49,7 +39,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.inflight: dict[RequestId, asyncio.Task[None]] = {}
         self.unsubscribe = None
-        if SUBPROTOCOL not in self.scope.get("subprotocols", []):
+        offered = SUBPROTOCOL in self.scope.get("subprotocols", [])
+        if not offered or not origin_allowed(header(self.scope["headers"], b"origin")):
             await self.close()  # before accept: the handshake is refused with HTTP 403
             return
         await self.accept(SUBPROTOCOL)
@@ -124,9 +115,6 @@ class AgentConsumer(AsyncWebsocketConsumer):
             response = await self.session.handle(request)
         except asyncio.CancelledError:
             return  # the client cancelled it or left: no response is due
-        except Exception:
-            logger.exception("request %r failed", request.method)
-            response = JsonRpcError(-32603, "internal error", request_id=request.id).response()
         await self.send_json(response)
 
     def cancel(self, request_id: Any) -> None:

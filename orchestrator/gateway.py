@@ -150,6 +150,12 @@ class Gateway:
             digest: state.id for state in self._states.values() for digest in state.tokens
         }
         self.upstreams.retire_missing({sid for s in self._states.values() for sid in s.servers})
+        for tenant_id in changed:
+            state = self._states[tenant_id]
+            listed = {tool.server_id for tool in state.tools.values()}
+            for spec in state.servers.values():
+                if spec.id not in listed:
+                    self.upstreams.get(spec)  # connecting lists its tools into the catalog
         for tenant_id in (*changed, *removed):
             for listener in list(self._listeners.get(tenant_id, ())):
                 listener()
@@ -359,3 +365,11 @@ async def get_gateway() -> Gateway:
     _gateway = gateway
     _starting.set_result(gateway)
     return gateway
+
+
+async def gateway_shutdown() -> None:
+    """Close the process's gateway: audit flushed, upstream sessions ended."""
+    global _gateway, _gateway_loop, _starting
+    gateway, _gateway, _gateway_loop, _starting = _gateway, None, None, None
+    if gateway is not None:
+        await gateway.close()

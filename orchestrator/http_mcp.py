@@ -18,7 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from mcp_types import HEADER_MISMATCH, UNSUPPORTED_PROTOCOL_VERSION
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
-from orchestrator.consumers import bearer_token
+from orchestrator.auth import bearer_token, origin_allowed
 from orchestrator.gateway import AgentContext, AuthError, get_gateway
 from orchestrator.protocol.jsonrpc import (
     INVALID_PARAMS,
@@ -78,14 +78,6 @@ def _status_for(response: dict[str, Any]) -> int:
     return 400 if error["code"] in _BAD_REQUEST_CODES else 200
 
 
-def _origin_allowed(origin: str) -> bool:
-    """Browsers send Origin; a page on another site must not drive an agent's token."""
-    for allowed in settings.MCP_ALLOWED_ORIGINS:
-        if origin == allowed or origin.startswith(allowed + ":"):
-            return True
-    return False
-
-
 def session_id_issue(ctx: AgentContext, version: str) -> str:
     return signing.dumps(
         {"t": ctx.token_digest[:24], "v": version}, salt=SESSION_SALT, compress=True
@@ -107,7 +99,7 @@ def session_version(session_id: str, ctx: AgentContext) -> str | None:
 @csrf_exempt
 async def mcp_endpoint(request: HttpRequest) -> HttpResponse:
     origin = request.headers.get("Origin")
-    if origin is not None and not _origin_allowed(origin):
+    if not origin_allowed(origin):
         return _error(INVALID_REQUEST, f"origin {origin!r} is not allowed", 403)
     if request.method not in {"POST", "DELETE"}:
         # No server-initiated stream (yet): clients treat 405 as "none offered".

@@ -135,7 +135,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "store_processed": False,
     }
 )
-for _folder in {v for k, v in CELERY_BROKER_TRANSPORT_OPTIONS.items() if k != "store_processed"}:
+# The embedded broker and result store are folders: make sure they exist.
+_celery_folders = [v for k, v in CELERY_BROKER_TRANSPORT_OPTIONS.items() if k != "store_processed"]
+if CELERY_RESULT_BACKEND.startswith("file://"):
+    _celery_folders.append(CELERY_RESULT_BACKEND.removeprefix("file://"))
+for _folder in _celery_folders:
     Path(str(_folder)).mkdir(parents=True, exist_ok=True)
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,11 +32,13 @@ from orchestrator.protocol.jsonrpc import (
     result_response,
 )
 
+logger = logging.getLogger(__name__)
+
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 SERVER_INFO = {"name": "workingagents-orchestrator", "version": __version__}
-CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": True}}
+CAPABILITIES: dict[str, Any] = {"tools": {}}
 INSTRUCTIONS = (
     "Tools are namespaced by upstream server (server__tool). Every call is checked against "
     "your grants and recorded in an audit trail."

@@ -164,15 +164,17 @@ async def test_upstream_crash_mid_call_then_reconnects(gateway: Gateway):
         assert "disconnected" in crashed.value.error.message
         # The pool reconnects with backoff; a later call goes through on the new session.
         marker = f"after-crash-{uuid.uuid4().hex[:6]}"
+        refusals = []
         for _ in range(50):
             try:
                 result = await c.call_tool("testkit__echo", {"text": marker})
                 break
             except MCPError as exc:
-                assert exc.code == -32003
+                refusals.append(exc.code)
                 await asyncio.sleep(0.2)
         else:
             pytest.fail("the upstream never came back")
+        assert set(refusals) <= {-32003}  # while reconnecting: "upstream unavailable", only
         assert result.content[0].text == marker
     crash_rows = gateway.audit("tool = 'testkit__crash' AND kind = 'outcome'")
     assert crash_rows[-1]["outcome"] == "upstream_down"
