@@ -98,6 +98,7 @@ class Gateway:
             on_catalog=self._catalog_seen,
             backoff_initial=settings.UPSTREAM_BACKOFF_INITIAL,
             backoff_max=settings.UPSTREAM_BACKOFF_MAX,
+            watch_seconds=settings.UPSTREAM_WATCH_SECONDS,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------

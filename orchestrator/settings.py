@@ -172,6 +172,9 @@ AUDIT_BATCH_MAX = env_int("AUDIT_BATCH_MAX", 500, minimum=1)
 # Upstream reconnect backoff (seconds): first wait and ceiling.
 UPSTREAM_BACKOFF_INITIAL = env_float("UPSTREAM_BACKOFF_INITIAL", 0.2, minimum=0.0)
 UPSTREAM_BACKOFF_MAX = env_float("UPSTREAM_BACKOFF_MAX", 10.0, minimum=0.0)
+# How often an idle upstream session is re-listed: its liveness check, and the watch for tools
+# that change mid-session.
+UPSTREAM_WATCH_SECONDS = env_float("UPSTREAM_WATCH_SECONDS", 5.0, minimum=0.1)
 
 # Where `manage.py serve` (and so `make run`) listens.
 HOST = env_str("HOST", "127.0.0.1")

@@ -27,7 +27,6 @@ from governance.engine.types import ServerSpec
 logger = logging.getLogger(__name__)
 
 CatalogCallback = Callable[[ServerSpec, list[dict[str, Any]]], Awaitable[None]]
-LIVENESS_SECONDS = 5.0
 
 
 class UpstreamError(Exception):
@@ -92,8 +91,10 @@ class Upstream:
         on_catalog: CatalogCallback,
         backoff_initial: float,
         backoff_max: float,
+        watch_seconds: float,
     ) -> None:
         self.spec = spec
+        self._watch_seconds = watch_seconds
         self._on_catalog = on_catalog
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -158,7 +159,7 @@ class Upstream:
                     logger.info(
                         "upstream %s connected (%s)", self.spec.name, client.protocol_version
                     )
-                    await self._watch(client)
+                    await self._watch(client, tools)
                     self.last_error = "connection closed"
             except asyncio.CancelledError:
                 raise
@@ -172,21 +173,27 @@ class Upstream:
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, 0.05), self._backoff_max)
 
-    async def _watch(self, client: Client) -> None:
-        """Return when the session is dead: a call saw it close, or a liveness ping failed."""
+    async def _watch(self, client: Client, listed: list[dict[str, Any]]) -> None:
+        """Return when the session is dead: a call saw it close, or a re-listing failed.
+        The re-listing (both eras have it; ping is gone in 2026-07-28) doubles as the watch
+        for an upstream that changes its tools mid-session."""
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(LIVENESS_SECONDS):
+                async with asyncio.timeout(self._watch_seconds):
                     await self._dead.wait()
                     return
             try:
-                async with asyncio.timeout(LIVENESS_SECONDS):
-                    await client.send_ping()
+                async with asyncio.timeout(self._watch_seconds):
+                    tools = await upstream_list_tools(client)
             except MCPError as exc:
                 if exc.code == CONNECTION_CLOSED:
                     return
+                continue
             except TimeoutError:
                 return
+            if tools != listed:
+                await self._on_catalog(self.spec, tools)
+                listed = tools
 
 
 def _describe(exc: BaseException) -> str:
@@ -199,10 +206,16 @@ class UpstreamPool:
     """The process's upstreams by server id; a changed spec replaces the session."""
 
     def __init__(
-        self, *, on_catalog: CatalogCallback, backoff_initial: float, backoff_max: float
+        self,
+        *,
+        on_catalog: CatalogCallback,
+        backoff_initial: float,
+        backoff_max: float,
+        watch_seconds: float,
     ) -> None:
         self._on_catalog = on_catalog
         self._backoff = (backoff_initial, backoff_max)
+        self._watch_seconds = watch_seconds
         self._upstreams: dict[int, Upstream] = {}
 
     def get(self, spec: ServerSpec) -> Upstream:
@@ -215,6 +228,7 @@ class UpstreamPool:
                 on_catalog=self._on_catalog,
                 backoff_initial=self._backoff[0],
                 backoff_max=self._backoff[1],
+                watch_seconds=self._watch_seconds,
             )
             upstream.start()
             self._upstreams[spec.id] = upstream

@@ -113,6 +113,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "GOVERNANCE_POLL_SECONDS": "0.25",
         "UPSTREAM_BACKOFF_INITIAL": "0.1",
         "UPSTREAM_BACKOFF_MAX": "0.5",
+        "UPSTREAM_WATCH_SECONDS": "0.5",
         "MCP_MAX_MESSAGE_BYTES": str(64 * 1024),
         "MCP_PAGE_SIZE": "2",
         "PYTHONPATH": str(ROOT),

@@ -27,6 +27,12 @@ async def sleep(seconds: float) -> str:
     return f"slept {seconds}"
 
 
+@server.tool(description="Add a tool named `name` to this server, mid-session.")
+def grow(name: str) -> str:
+    server.add_tool(lambda: name, name=name, description=f"added at run time: {name}")
+    return f"added {name}"
+
+
 @server.tool(description="Kill this server process while the call is in flight.")
 def crash() -> str:
     os._exit(17)
