@@ -44,6 +44,7 @@ class Command(BaseCommand):
                 "worker",
                 "--loglevel",
                 "WARNING",
+                "--quiet",  # no banner: the one a new user must read is ours
                 "--concurrency",
                 "2",
                 "--hostname",
