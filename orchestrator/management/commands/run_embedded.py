@@ -36,20 +36,11 @@ class Command(BaseCommand):
         }
         if not no_worker:
             children["worker"] = [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "orchestrator",
-                "worker",
-                "--loglevel",
-                "WARNING",
+                sys.executable, "-m", "celery", "-A", "orchestrator",
                 "--quiet",  # no banner: the one a new user must read is ours
-                "--concurrency",
-                "2",
-                "--hostname",
-                "embedded@%h",
-            ]
+                "worker", "--loglevel", "WARNING", "--concurrency", "2",
+                "--hostname", "embedded@%h",
+            ]  # fmt: skip
         supervisor = Supervisor(children, log=self.stdout.write)
         signal.signal(signal.SIGTERM, lambda *_: supervisor.stop())
         signal.signal(signal.SIGINT, lambda *_: supervisor.stop())
