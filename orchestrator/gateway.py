@@ -223,8 +223,9 @@ class Gateway:
             if tool is not None
             else Decision(allowed=False, reason="unknown tool")
         )
-        record = AuditRecord(
+        intent = AuditRecord(
             call_id=uuid.uuid4(),
+            kind=AuditRecord.Kind.INTENT,
             tenant_id=ctx.tenant_id,
             agent_id=ctx.agent_id,
             agent_name=ctx.agent_name,
@@ -238,11 +239,12 @@ class Gateway:
             reason=decision.reason[:500],
             rule=decision.rule,
             started_at=started_at,
+            created_at=started_at,
         )
 
         def outcome(kind: str, *, error: str = "", result: Any = None) -> AuditRecord:
             return AuditRecord(
-                **{f: getattr(record, f) for f in _COPIED_FIELDS},
+                **{f: getattr(intent, f) for f in _COPIED_FIELDS},
                 kind=AuditRecord.Kind.OUTCOME,
                 outcome=kind,
                 error=error,
@@ -251,7 +253,6 @@ class Gateway:
                 created_at=timezone.now(),
             )
 
-        intent = _as_intent(record)
         if tool is None or not decision.allowed:
             await asyncio.gather(
                 self.audit.write(intent), self.audit.write(outcome(AuditRecord.Outcome.DENIED))
@@ -264,9 +265,10 @@ class Gateway:
                 {"tool": name, "reason": decision.reason},
             )
 
-        intent_written = asyncio.ensure_future(self.audit.write(intent))
         try:
-            await intent_written
+            # write() enqueues the record before it first yields: from here on the intent is
+            # on its way to disk, and any exit below gets its outcome record after it.
+            await self.audit.write(intent)
             upstream = self.upstreams.get(state.servers[tool.server_id])
             result = await upstream.call_tool(
                 tool.name, arguments, deadline=settings.MCP_CALL_TIMEOUT_SECONDS
@@ -275,9 +277,8 @@ class Gateway:
             await self.audit.write(outcome(exc.outcome, error=str(exc)))
             raise _call_error(exc, tool) from None
         except asyncio.CancelledError:
-            if intent_written.done() and not intent_written.cancelled():
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(self.audit.write(outcome(AuditRecord.Outcome.CANCELLED)))
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.audit.write(outcome(AuditRecord.Outcome.CANCELLED)))
             raise
         result = _without_upstream_meta(result)
         is_error = bool(result.get("isError"))
@@ -313,12 +314,6 @@ _COPIED_FIELDS = (
     "rule",
     "started_at",
 )
-
-
-def _as_intent(record: AuditRecord) -> AuditRecord:
-    record.kind = AuditRecord.Kind.INTENT
-    record.created_at = timezone.now()
-    return record
 
 
 def _without_upstream_meta(result: dict[str, Any]) -> dict[str, Any]:
