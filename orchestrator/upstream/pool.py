@@ -164,7 +164,7 @@ class Upstream:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
-                self.last_error = _describe(exc)
+                self.last_error = describe_error(exc)
                 self.failing = True
                 logger.warning("upstream %s failed: %s", self.spec.name, self.last_error)
             finally:
@@ -196,9 +196,12 @@ class Upstream:
                 listed = tools
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One line for a failure to reach an upstream; anyio wraps the cause in groups."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    if isinstance(exc, TimeoutError):
+        return "timed out"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

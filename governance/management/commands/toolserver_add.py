@@ -8,7 +8,7 @@ from django.db import IntegrityError, transaction
 from governance.management.commands._util import key_values, tenant_by_slug
 from governance.selectors import tenant_state_get
 from governance.services.toolservers import tool_catalog_sync, toolserver_add
-from orchestrator.upstream.pool import discover_tools
+from orchestrator.upstream.pool import describe_error, discover_tools
 
 
 class Command(BaseCommand):
@@ -49,7 +49,7 @@ class Command(BaseCommand):
                         tools = asyncio.run(discover_tools(spec, deadline=timeout))
                     except BaseException as exc:
                         raise CommandError(
-                            f"could not list the tools of {name!r}: {_describe(exc)} "
+                            f"could not list the tools of {name!r}: {describe_error(exc)} "
                             "(nothing was added; --no-discover adds it anyway)"
                         ) from None
                     tool_catalog_sync(server_id=server.id, tools=tools)
@@ -59,11 +59,3 @@ class Command(BaseCommand):
             raise CommandError(f"tool server {name!r} exists already in {tenant!r}") from None
         names = ", ".join(f"{name}__{t['name']}" for t in tools) or "(not listed yet)"
         self.stdout.write(f"added tool server {tenant}/{name}; tools: {names}")
-
-
-def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return f"{type(exc).__name__}: {exc}"
