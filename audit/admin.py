@@ -14,11 +14,12 @@ class AuditRecordAdmin(admin.ModelAdmin):
         "agent_name",
         "tool",
         "decision",
+        "rule_id",
         "outcome",
         "latency_ms",
     ]
     list_filter = ["tenant", "kind", "decision", "outcome", "transport", "protocol_era"]
-    search_fields = ["tool", "agent_name", "reason", "error", "call_id"]
+    search_fields = ["tool", "agent_name", "reason", "error", "call_id", "=rule_id"]
     date_hierarchy = "created_at"
 
     def get_readonly_fields(self, request, obj=None):

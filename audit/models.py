@@ -13,6 +13,7 @@ class AuditRecord(models.Model):
     class Decision(models.TextChoices):
         ALLOW = "allow"
         DENY = "deny"
+        REQUIRE_APPROVAL = "require_approval"
 
     class Outcome(models.TextChoices):
         OK = "ok"
@@ -35,9 +36,12 @@ class AuditRecord(models.Model):
     request_id = models.CharField(max_length=200, blank=True)
     tool = models.CharField(max_length=300)
     arguments = models.JSONField(null=True)
-    decision = models.CharField(max_length=8, choices=Decision.choices)
+    decision = models.CharField(max_length=16, choices=Decision.choices)
     reason = models.CharField(max_length=500, blank=True)
-    rule = models.CharField(max_length=100, blank=True)
+    rule_id = models.BigIntegerField(null=True)  # the rule that fired; null: the default deny
+    # Shadow rules that held and the decision they would make: {"rules", "effect", "rule"}.
+    shadow = models.JSONField(default=dict, blank=True)
+    policy_version = models.PositiveBigIntegerField(null=True)  # the tenant version decided on
     outcome = models.CharField(max_length=16, choices=Outcome.choices, blank=True)
     error = models.TextField(blank=True)
     result_digest = models.CharField(max_length=64, blank=True)

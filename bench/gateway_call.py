@@ -5,7 +5,7 @@
 Starts a real gateway (`manage.py serve`) on a temporary SQLite database with a stdio echo
 upstream (tests/e2e/testkit_server.py), then times sequential `tools/call`s with the mcp SDK
 client: directly over stdio to the upstream, and through the gateway over WebSocket and
-streamable HTTP (grant check + durable intent and outcome records on each call). Prints
+streamable HTTP (policy decision + durable intent and outcome records on each call). Prints
 p50/p99 and the throughput ratio gateway ÷ direct last.
 """
 
@@ -72,7 +72,7 @@ async def main(calls: int) -> None:
         manage(env, "tenant_create", "bench")
         token = manage(env, "agent_create", "--tenant", "bench", "bot").strip().splitlines()[-1]
         manage(env, "toolserver_add", "--tenant", "bench", "echo", "--command", " ".join(UPSTREAM))
-        manage(env, "grant", "--tenant", "bench", "--agent", "bot", "--tool", "echo__*")
+        manage(env, "rule_add", "--tenant", "bench", "--agent", "bot", "--tool", "echo__*")
         server = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "serve", "--port", "0"],
             env=env,

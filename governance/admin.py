@@ -3,11 +3,18 @@ apply the change within GOVERNANCE_POLL_SECONDS."""
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
 
-from governance.models import Agent, AgentToken, Grant, Tenant, Tool, ToolServer
+from governance.models import Agent, AgentToken, Role, Rule, Tenant, Tool, ToolServer
+from governance.selectors import policy_explain
 from governance.services.agents import token_issue, token_revoke
+from governance.services.policy import rule_validate
 from governance.services.versions import tenant_version_bump
 
 
@@ -44,8 +51,8 @@ class VersionedAdmin(admin.ModelAdmin):
 
 
 @admin.register(Tenant)
-class TenantAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "version", "created_at"]
+class TenantAdmin(VersionedAdmin):
+    list_display = ["slug", "name", "denial_detail", "version", "created_at"]
     search_fields = ["slug", "name"]
     readonly_fields = ["version", "created_at"]
 
@@ -58,10 +65,25 @@ class TokenInline(admin.TabularInline):
     can_delete = False
 
 
+class AgentAdminForm(forms.ModelForm):
+    class Meta:
+        model = Agent
+        fields = ["tenant", "name", "description", "is_active", "roles"]
+
+    def clean(self):
+        cleaned = super().clean()
+        tenant, roles = cleaned.get("tenant"), cleaned.get("roles") or []
+        if tenant and any(role.tenant_id != tenant.id for role in roles):
+            raise ValidationError({"roles": "an agent holds roles of its own tenant only"})
+        return cleaned
+
+
 @admin.register(Agent)
 class AgentAdmin(VersionedAdmin):
+    form = AgentAdminForm
     list_display = ["name", "tenant", "is_active", "created_at"]
-    list_filter = ["tenant", "is_active"]
+    list_filter = ["tenant", "is_active", "roles"]
+    filter_horizontal = ["roles"]
     search_fields = ["name", "description"]
     inlines = [TokenInline]
     actions = ["issue_token"]
@@ -131,8 +153,96 @@ class ToolAdmin(admin.ModelAdmin):
         return False
 
 
-@admin.register(Grant)
-class GrantAdmin(VersionedAdmin):
-    list_display = ["tool_glob", "agent", "tenant", "description", "created_at"]
+@admin.register(Role)
+class RoleAdmin(VersionedAdmin):
+    list_display = ["name", "tenant", "description", "created_at"]
     list_filter = ["tenant"]
-    search_fields = ["tool_glob", "description"]
+    search_fields = ["name", "description"]
+
+
+class RuleAdminForm(forms.ModelForm):
+    class Meta:
+        model = Rule
+        fields = [
+            "tenant",
+            "effect",
+            "resource_kind",
+            "resource",
+            "description",
+            "role",
+            "agent",
+            "conditions",
+            "valid_from",
+            "valid_until",
+            "shadow",
+        ]
+
+    def _post_clean(self) -> None:
+        super()._post_clean()
+        if not self.errors:
+            try:
+                rule_validate(rule=self.instance)
+            except ValidationError as exc:
+                self._update_errors(exc)
+
+
+@admin.register(Rule)
+class RuleAdmin(VersionedAdmin):
+    form = RuleAdminForm
+    change_list_template = "admin/governance/rule/change_list.html"
+    list_display = ["id", "effect", "resource", "target", "shadow", "description", "tenant"]
+    list_display_links = ["id", "effect"]
+    list_filter = ["tenant", "effect", "resource_kind", "shadow", "role"]
+    search_fields = ["resource", "description", "agent__name", "role__name"]
+    readonly_fields = ["created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["tenant", "effect", "resource_kind", "resource", "description"]}),
+        ("Who", {"fields": ["role", "agent"], "description": "Neither: every agent."}),
+        ("When", {"fields": ["conditions", "valid_from", "valid_until", "shadow"]}),
+        (None, {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.display(description="for")
+    def target(self, rule: Rule) -> str:
+        return rule.agent.name if rule.agent else f"role {rule.role.name}" if rule.role else "*"
+
+    def get_urls(self):
+        try_it = self.admin_site.admin_view(self.try_it)
+        return [path("try/", try_it, name="governance_rule_try"), *super().get_urls()]
+
+    def try_it(self, request: HttpRequest) -> HttpResponse:
+        """Ask the engine what it decides for a call, and why, without making the call."""
+        form = PolicyTryForm(request.POST or None)
+        explanation = None
+        if request.method == "POST" and form.is_valid():
+            agent = form.cleaned_data["agent"]
+            explanation = policy_explain(
+                tenant=agent.tenant,
+                agent=agent,
+                name=form.cleaned_data["tool"],
+                arguments=form.cleaned_data["arguments"],
+            )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Try the policy",
+            "form": form,
+            "explanation": explanation,
+        }
+        return TemplateResponse(request, "admin/governance/rule/try_it.html", context)
+
+
+class PolicyTryForm(forms.Form):
+    agent = forms.ModelChoiceField(
+        Agent.objects.select_related("tenant").order_by("tenant", "name")
+    )
+    tool = forms.CharField(max_length=300, help_text="As the agent sees it: server__tool.")
+    arguments = forms.JSONField(initial=dict, required=False, help_text="A JSON object.")
+
+    def clean_arguments(self):
+        arguments = self.cleaned_data["arguments"]
+        if arguments is None:
+            return {}
+        if not isinstance(arguments, dict):
+            raise ValidationError("tool arguments are a JSON object")
+        return arguments

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from governance.engine.conditions import ConditionError, conditions_parse
+from governance.engine.policy import (
+    EFFECTS,
+    Effect,
+    Explanation,
+    PolicyError,
+    RuleSpec,
+    TenantPolicy,
+    fail_closed,
+)
 from governance.engine.types import (
     AgentEntry,
-    GrantRule,
     ServerSpec,
     TenantState,
     TokenEntry,
     ToolEntry,
     exposed_tool_name,
 )
-from governance.models import Agent, AgentToken, Grant, Tenant, Tool, ToolServer
+from governance.models import Agent, AgentToken, Rule, Tenant, Tool, ToolServer
 
 
 def tenant_versions() -> dict[int, int]:
@@ -69,10 +81,6 @@ def tenant_state_get(*, tenant_id: int) -> TenantState:
                 annotations=tool.annotations,
             ),
         )
-    grants = tuple(
-        GrantRule(id=g.id, agent_id=g.agent_id, tool_glob=g.tool_glob)
-        for g in Grant.objects.filter(tenant_id=tenant_id).order_by("id")
-    )
     return TenantState(
         id=tenant.id,
         slug=tenant.slug,
@@ -81,5 +89,62 @@ def tenant_state_get(*, tenant_id: int) -> TenantState:
         tokens=tokens,
         servers=servers,
         tools=dict(sorted(tools.items())),
-        grants=grants,
+        policy=tenant_policy_get(tenant_id=tenant_id),
+        denial_detail=tenant.denial_detail,
     )
+
+
+def rule_spec(rule: Rule) -> RuleSpec:
+    """A stored rule as the engine reads it; raises PolicyError if it cannot be read."""
+    try:
+        conditions = conditions_parse(rule.conditions)
+    except ConditionError as exc:
+        raise PolicyError(f"conditions{exc.field}", exc.message) from None
+    if rule.effect not in EFFECTS:
+        raise PolicyError("effect", f"one of {', '.join(Effect)}")
+    return RuleSpec(
+        id=rule.id or 0,
+        effect=Effect(rule.effect),
+        resource=rule.resource,
+        resource_kind=rule.resource_kind,
+        conditions=conditions,
+        agent_id=rule.agent_id,
+        role_id=rule.role_id,
+        valid_from=rule.valid_from,
+        valid_until=rule.valid_until,
+        shadow=rule.shadow,
+        description=rule.description,
+    )
+
+
+def tenant_policy_get(*, tenant_id: int) -> TenantPolicy:
+    rules: list[RuleSpec] = []
+    broken: dict[int, str] = {}
+    for rule in Rule.objects.filter(tenant_id=tenant_id).order_by("id"):
+        try:
+            rules.append(rule_spec(rule))
+        except PolicyError as exc:
+            broken[rule.id] = str(exc)
+            if rule.effect in EFFECTS:
+                fallback = RuleSpec(
+                    id=rule.id,
+                    effect=Effect(rule.effect),
+                    resource=rule.resource,
+                    agent_id=rule.agent_id,
+                    role_id=rule.role_id,
+                    shadow=rule.shadow,
+                )
+                rules.extend(filter(None, [fail_closed(fallback)]))
+    roles: dict[int, set[int]] = {}
+    memberships = Agent.roles.through.objects.filter(agent__tenant_id=tenant_id)
+    for agent_id, role_id in memberships.values_list("agent_id", "role_id"):
+        roles.setdefault(agent_id, set()).add(role_id)
+    return TenantPolicy(tuple(rules), {a: frozenset(r) for a, r in roles.items()}, broken)
+
+
+def policy_explain(
+    *, tenant: Tenant, agent: Agent, name: str, arguments: Any, kind: str = "tool"
+) -> Explanation:
+    """What the engine decides for this call right now, and why, rule by rule."""
+    policy = tenant_policy_get(tenant_id=tenant.id).for_agent(agent.id)
+    return policy.explain(kind, name, arguments, now=time.time())

@@ -1,6 +1,6 @@
 """The gateway runtime of one process: what every connection of that process shares.
 
-- an in-memory snapshot of governance state per tenant (tokens, agents, tools, grants), so
+- an in-memory snapshot of governance state per tenant (tokens, agents, tools, policy), so
   the hot path never touches the ORM; re-read when the tenant's persisted version changes;
 - the upstream pool (one MCP session per tool server);
 - the audit writer (group commit);
@@ -30,8 +30,8 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from audit.models import AuditRecord
 from audit.writer import AuditWriter
 from governance import selectors
-from governance.engine.grants import decide
-from governance.engine.types import Decision, ServerSpec, TenantState, ToolEntry
+from governance.engine.policy import AgentPolicy, Decision, Effect
+from governance.engine.types import ServerSpec, TenantState, ToolEntry
 from governance.services.agents import token_digest
 from governance.services.toolservers import tool_catalog_sync
 from orchestrator.upstream.pool import UpstreamError, UpstreamPool, UpstreamRpcError
@@ -39,6 +39,7 @@ from orchestrator.upstream.pool import UpstreamError, UpstreamPool, UpstreamRpcE
 logger = logging.getLogger(__name__)
 
 PERMISSION_DENIED = -32001
+APPROVAL_REQUIRED = -32002
 UPSTREAM_UNAVAILABLE = -32003
 UPSTREAM_TIMEOUT = -32004
 UNKNOWN_TOOL = -32602  # what the MCP spec prescribes for an unknown tool name
@@ -201,10 +202,11 @@ class Gateway:
     def visible_tools(self, ctx: AgentContext) -> list[ToolEntry]:
         """The tools the agent may call, in name order."""
         state = self._states[ctx.tenant_id]
+        policy, now = state.policy.for_agent(ctx.agent_id), time.time()
         return [
             tool
             for tool in state.tools.values()
-            if decide(state.grants, agent_id=ctx.agent_id, tool=tool.exposed_name).allowed
+            if policy.visible("tool", tool.exposed_name, now=now)
         ]
 
     async def call_tool(
@@ -218,10 +220,11 @@ class Gateway:
         started_at, t0 = timezone.now(), time.perf_counter()
         state = self._states[ctx.tenant_id]
         tool = state.tools.get(name)
+        policy = state.policy.for_agent(ctx.agent_id)
         decision = (
-            decide(state.grants, agent_id=ctx.agent_id, tool=name)
+            policy.decide("tool", name, arguments, now=time.time())
             if tool is not None
-            else Decision(allowed=False, reason="unknown tool")
+            else Decision(Effect.DENY, "unknown tool")
         )
         intent = AuditRecord(
             call_id=uuid.uuid4(),
@@ -235,9 +238,11 @@ class Gateway:
             request_id=meta.request_id[:200],
             tool=name[:300],
             arguments=arguments,
-            decision=AuditRecord.Decision.ALLOW if decision.allowed else AuditRecord.Decision.DENY,
+            decision=decision.effect,
             reason=decision.reason[:500],
-            rule=decision.rule,
+            rule_id=decision.rule_id,
+            shadow=decision.shadow_record(),
+            policy_version=state.version,
             started_at=started_at,
             created_at=started_at,
         )
@@ -259,11 +264,7 @@ class Gateway:
             )
             if tool is None:
                 raise CallError(UNKNOWN_TOOL, f"unknown tool: {name!r}")
-            raise CallError(
-                PERMISSION_DENIED,
-                f"permission denied: {decision.reason}",
-                {"tool": name, "reason": decision.reason},
-            )
+            raise _refusal(state, policy, decision, name, arguments)
 
         try:
             # write() enqueues the record before it first yields: from here on the intent is
@@ -311,7 +312,9 @@ _COPIED_FIELDS = (
     "arguments",
     "decision",
     "reason",
-    "rule",
+    "rule_id",
+    "shadow",
+    "policy_version",
     "started_at",
 )
 
@@ -326,6 +329,25 @@ def _without_upstream_meta(result: dict[str, Any]) -> dict[str, Any]:
 def _error_text(result: dict[str, Any]) -> str:
     texts = [c.get("text", "") for c in result.get("content", []) if c.get("type") == "text"]
     return " ".join(texts)[:2000]
+
+
+def _refusal(
+    state: TenantState, policy: AgentPolicy, decision: Decision, name: str, arguments: Any
+) -> CallError:
+    """What a refused agent is told: as much as its tenant's ``denial_detail`` allows."""
+    approval = decision.effect is Effect.REQUIRE_APPROVAL
+    code = APPROVAL_REQUIRED if approval else PERMISSION_DENIED
+    headline = "approval required" if approval else "permission denied"
+    if state.denial_detail == "minimal":
+        return CallError(code, headline, {"tool": name})
+    reason = decision.reason
+    if approval:
+        # Holding a call for a reviewer's decision is not built yet: refuse it, clearly.
+        reason += "; this gateway cannot hold calls for approval yet, so it was refused"
+    data: dict[str, Any] = {"tool": name, "reason": reason, "rule": decision.rule_id}
+    if state.denial_detail == "full":
+        data["explanation"] = policy.explain("tool", name, arguments, now=time.time()).lines()
+    return CallError(code, f"{headline}: {reason}", data)
 
 
 def _call_error(exc: UpstreamError, tool: ToolEntry) -> CallError:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from governance.engine.policy import TenantPolicy
+
 TOOL_SEPARATOR = "__"
 _INVALID_TOOL_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -87,20 +89,6 @@ class ToolEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class GrantRule:
-    id: int
-    agent_id: int | None  # None: every agent of the tenant
-    tool_glob: str
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    allowed: bool
-    reason: str
-    rule: str = ""  # which rule fired, e.g. "grant:3"; empty for the default deny
-
-
-@dataclass(frozen=True, slots=True)
 class TenantState:
     id: int
     slug: str
@@ -109,4 +97,5 @@ class TenantState:
     tokens: dict[str, TokenEntry] = field(default_factory=dict)  # by SHA-256 hex digest
     servers: dict[int, ServerSpec] = field(default_factory=dict)
     tools: dict[str, ToolEntry] = field(default_factory=dict)  # by exposed name, sorted
-    grants: tuple[GrantRule, ...] = ()
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+    denial_detail: str = "rule"  # minimal | rule | full: what a denied agent is told

@@ -135,9 +135,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw.manage(
         "toolserver_add", "--tenant", "acme", "testkit", "--command", f"{sys.executable} {TESTKIT}"
     )
-    gw.manage("grant", "--tenant", "acme", "--agent", "*", "--tool", "time__get_current_time")
-    gw.manage("grant", "--tenant", "acme", "--agent", "alice", "--tool", "time__*")
-    gw.manage("grant", "--tenant", "acme", "--agent", "alice", "--tool", "testkit__*")
+    gw.manage("rule_add", "--tenant", "acme", "--tool", "time__get_current_time")
+    gw.manage("rule_add", "--tenant", "acme", "--agent", "alice", "--tool", "time__*")
+    gw.manage("rule_add", "--tenant", "acme", "--agent", "alice", "--tool", "testkit__*")
     start_server(gw)
     yield gw
     assert gw.process is not None

@@ -66,20 +66,20 @@ async def test_list_and_call_time_tool_is_audited(gateway: Gateway, transport, m
     assert intent["id"] < outcome["id"]
     assert outcome["agent_name"] == "alice"
     assert outcome["decision"] == "allow"
-    assert outcome["rule"].startswith("grant:")
+    assert outcome["rule_id"] is not None
     assert outcome["outcome"] == "ok"
     assert outcome["protocol_era"] == ("stateless" if version == "2026-07-28" else "handshake")
     assert len(outcome["result_digest"]) == 64
     assert outcome["latency_ms"] > 0
 
 
-async def test_tools_list_shows_only_granted_tools(gateway: Gateway):
+async def test_tools_list_shows_only_allowed_tools(gateway: Gateway):
     async with mcp_client(gateway, gateway.tokens["bob"]) as c:
         assert await list_all(c) == ["time__get_current_time"]
 
 
 @pytest.mark.parametrize("transport", ["http", "ws"])
-async def test_ungranted_tool_is_refused_and_audited(gateway: Gateway, transport):
+async def test_tool_without_an_allow_rule_is_refused_and_audited(gateway: Gateway, transport):
     marker = f"Pacific/Auckland-{transport}"
     async with mcp_client(gateway, gateway.tokens["bob"], transport=transport) as c:
         with pytest.raises(MCPError) as refused:
@@ -96,7 +96,8 @@ async def test_ungranted_tool_is_refused_and_audited(gateway: Gateway, transport
     assert [r["kind"] for r in rows] == ["intent", "outcome"]
     assert all(r["decision"] == "deny" and r["agent_name"] == "bob" for r in rows)
     assert rows[1]["outcome"] == "denied"
-    assert rows[1]["reason"] == "no grant allows this tool for this agent"
+    assert rows[1]["reason"] == "no rule allows tool 'time__convert_time' for this agent"
+    assert rows[1]["rule_id"] is None
 
 
 async def test_unknown_tool_is_refused_and_audited(gateway: Gateway):
@@ -203,7 +204,7 @@ async def test_audit_tail_json_shows_intent_and_outcome(gateway: Gateway):
         "arguments",
         "decision",
         "reason",
-        "rule",
+        "rule_id",
         "outcome",
         "result_digest",
         "latency_ms",

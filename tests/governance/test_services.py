@@ -10,7 +10,7 @@ from governance.services.agents import (
     token_issue,
     token_revoke,
 )
-from governance.services.grants import grant_create
+from governance.services.policy import rule_create
 from governance.services.toolservers import tool_catalog_sync, tool_fingerprint, toolserver_add
 
 pytestmark = pytest.mark.django_db
@@ -45,20 +45,22 @@ def test_every_governance_change_bumps_the_tenant_version(tenant):
     start = version(tenant)
     agent = agent_create(tenant=tenant, name="a")
     issued = token_issue(agent=agent)
-    grant_create(tenant=tenant, agent=None, tool_glob="*")
+    rule_create(tenant=tenant, effect="allow", resource="*")
     token_revoke(token=issued.record)
     token_revoke(token=issued.record)  # already revoked: no change
     assert version(tenant) == start + 4
 
 
-def test_snapshot_reflects_revocation_and_grants(tenant):
+def test_snapshot_reflects_revocation_and_rules(tenant):
     agent = agent_create(tenant=tenant, name="a")
     issued = token_issue(agent=agent)
     server = toolserver_add(tenant=tenant, name="time", command="mcp-server-time")
     tool_catalog_sync(server_id=server.id, tools=[TIME_TOOL])
-    grant_create(tenant=tenant, agent=agent, tool_glob="time__*")
+    rule = rule_create(tenant=tenant, agent=agent, effect="allow", resource="time__*")
     state = selectors.tenant_state_get(tenant_id=tenant.id)
     assert list(state.tools) == ["time__get_current_time"]
+    decision = state.policy.for_agent(agent.id).decide("tool", "time__x", {}, now=0)
+    assert decision.rule_id == rule.id
     assert state.tokens[token_digest(issued.token)].revoked is False
     token_revoke(token=issued.record)
     state = selectors.tenant_state_get(tenant_id=tenant.id)

@@ -11,7 +11,7 @@ from channels.testing import WebsocketCommunicator
 
 from governance.models import AgentToken
 from governance.services.agents import agent_create, tenant_create, token_issue, token_revoke
-from governance.services.grants import grant_create
+from governance.services.policy import rule_create
 from governance.services.toolservers import tool_catalog_sync, toolserver_add
 from orchestrator.asgi import application
 
@@ -28,8 +28,8 @@ def token() -> str:
     agent = agent_create(tenant=tenant, name="alice")
     server = toolserver_add(tenant=tenant, name="files", command="never-started")
     tool_catalog_sync(server_id=server.id, tools=[tool("read"), tool("write"), tool("delete")])
-    grant_create(tenant=tenant, agent=agent, tool_glob="files__r*")
-    grant_create(tenant=tenant, agent=None, tool_glob="files__write")
+    rule_create(tenant=tenant, agent=agent, effect="allow", resource="files__r*")
+    rule_create(tenant=tenant, effect="allow", resource="files__write")
     return token_issue(agent=agent).token
 
 
@@ -47,7 +47,7 @@ async def request(ws: WebsocketCommunicator, method: str, params=None, id=1) -> 
     return json.loads(await ws.receive_from(timeout=5))
 
 
-async def test_lists_only_granted_tools_in_name_order(token):
+async def test_lists_only_allowed_tools_in_name_order(token):
     ws = connect(token)
     connected, subprotocol = await ws.connect()
     assert (connected, subprotocol) == (True, "mcp")

@@ -23,5 +23,5 @@ class Command(BaseCommand):
             else:
                 self.stdout.write(
                     f"{row['created_at']} {row['kind']:<7} {row['agent']:<16} {row['tool']:<32} "
-                    f"{row['decision']:<5} {row['outcome'] or '-':<13} {row['reason']}"
+                    f"{row['decision']:<16} {row['outcome'] or '-':<13} {row['reason']}"
                 )

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import CommandError
 
-from governance.models import Agent, Tenant
+from governance.models import Agent, Role, Tenant
 
 
 def tenant_by_slug(slug: str) -> Tenant:
@@ -29,3 +29,13 @@ def key_values(pairs: list[str], option: str) -> dict[str, str]:
             raise CommandError(f"{option} takes KEY=VALUE, got {pair!r}")
         out[key] = value
     return out
+
+
+def role_by_name(tenant: Tenant, name: str) -> Role:
+    try:
+        return Role.objects.get(tenant=tenant, name=name)
+    except Role.DoesNotExist:
+        raise CommandError(
+            f"no role {name!r} in tenant {tenant.slug!r} "
+            f"(create it with: manage.py role_create --tenant {tenant.slug} {name})"
+        ) from None

@@ -1,5 +1,5 @@
 """Idempotent demo data for the embedded default: a tenant, an admin login, an agent with a
-token, and the time MCP server granted to it. The demo credentials are kept in
+token, and the time MCP server, allowed to it by a rule. The demo credentials are kept in
 DATA_DIR/demo-credentials.json (mode 0600) so every `make run` can print them again."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from governance.models import Agent, Grant, Tenant, ToolServer
+from governance.models import Agent, Rule, Tenant, ToolServer
 from governance.services.agents import agent_create, tenant_create, token_digest, token_issue
-from governance.services.grants import grant_create
+from governance.services.policy import rule_create
 
 TENANT, AGENT, SERVER = "demo", "demo-agent", "time"
 
@@ -65,8 +65,14 @@ class Command(BaseCommand):
                 )
             except CommandError as exc:
                 self.stderr.write(f"warning: {exc}")
-        if not Grant.objects.filter(tenant=tenant, agent=agent, tool_glob=f"{SERVER}__*").exists():
-            grant_create(tenant=tenant, agent=agent, tool_glob=f"{SERVER}__*")
+        if not Rule.objects.filter(tenant=tenant, agent=agent).exists():
+            rule_create(
+                tenant=tenant,
+                agent=agent,
+                effect=Rule.Effect.ALLOW,
+                resource=f"{SERVER}__*",
+                description="the demo agent may use the time tools",
+            )
 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
