@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
@@ -34,9 +36,12 @@ from governance.engine.policy import AgentPolicy, Decision, Effect
 from governance.engine.types import ServerSpec, TenantState, ToolEntry
 from governance.services.agents import token_digest
 from governance.services.toolservers import tool_catalog_sync
+from governance.services.versions import GOVERNANCE_GROUP
 from orchestrator.upstream.pool import UpstreamError, UpstreamPool, UpstreamRpcError
 
 logger = logging.getLogger(__name__)
+
+_GROUP_REJOIN_SECONDS = 600
 
 PERMISSION_DENIED = -32001
 APPROVAL_REQUIRED = -32002
@@ -93,6 +98,8 @@ class Gateway:
         self._listeners: dict[int, set[Callable[[], None]]] = {}
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-state")
         self._poller: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._refreshing = asyncio.Lock()
         self.page_size = settings.MCP_PAGE_SIZE
         self.audit = AuditWriter(batch_max=settings.AUDIT_BATCH_MAX)
         self.upstreams = UpstreamPool(
@@ -105,11 +112,14 @@ class Gateway:
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await self.refresh()
-        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="governance-poll")
+        loop = asyncio.get_running_loop()
+        self._poller = loop.create_task(self._poll(), name="governance-poll")
+        self._listener = loop.create_task(self._listen(), name="governance-nudge")
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in (self._poller, self._listener):
+            if task is not None:
+                task.cancel()
         await self.audit.flush()
         await self.upstreams.close()
 
@@ -121,7 +131,9 @@ class Gateway:
                 close_old_connections()
                 raise
 
-        return await asyncio.get_running_loop().run_in_executor(self._db, run)
+        # sync_to_async on our own single thread: DB work stays serialised, and async_to_sync
+        # inside it (the governance nudge after a commit) runs on this loop.
+        return await sync_to_async(run, thread_sensitive=False, executor=self._db)()
 
     async def _poll(self) -> None:
         while True:
@@ -131,8 +143,33 @@ class Gateway:
             except Exception:
                 logger.exception("governance refresh failed; keeping the last known state")
 
+    async def _listen(self) -> None:
+        """Refresh at once when a change is announced on the channel layer. The poll above is
+        the guarantee; this only shortens the wait when the nudge arrives."""
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        while True:
+            try:
+                channel = await layer.new_channel()
+                # Re-joined now and then: channel-layer group membership expires.
+                await layer.group_add(GOVERNANCE_GROUP, channel)
+                async with asyncio.timeout(_GROUP_REJOIN_SECONDS):
+                    while True:
+                        await layer.receive(channel)
+                        await self.refresh()
+            except TimeoutError:
+                continue
+            except Exception:
+                logger.warning("governance nudges unavailable; polling only", exc_info=True)
+                await asyncio.sleep(_GROUP_REJOIN_SECONDS)
+
     async def refresh(self) -> None:
         """Reload every tenant whose persisted version moved, then tell its connections."""
+        async with self._refreshing:  # the poll and a nudge may ask at once
+            await self._refresh()
+
+    async def _refresh(self) -> None:
         versions: dict[int, int] = await self._in_db(selectors.tenant_versions)
         changed = [
             tid

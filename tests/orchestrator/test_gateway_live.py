@@ -1,0 +1,69 @@
+"""A policy change reaches the gateway's in-memory state: by the channel-layer nudge at once,
+and by the poll of the persisted version when the nudge is lost."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from governance.services.agents import agent_create, tenant_create, token_issue
+from governance.services.policy import rule_create
+from governance.services.toolservers import tool_catalog_sync, toolserver_add
+from orchestrator.gateway import Gateway
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def setup() -> str:
+    tenant = tenant_create(slug="acme")
+    agent = agent_create(tenant=tenant, name="alice")
+    server = toolserver_add(tenant=tenant, name="files", command="never-started")
+    tool_catalog_sync(
+        server_id=server.id,
+        tools=[{"name": "read", "description": "", "inputSchema": {"type": "object"}}],
+    )
+    return token_issue(agent=agent).token
+
+
+def allow_read() -> None:
+    from governance.models import Tenant
+
+    rule_create(tenant=Tenant.objects.get(slug="acme"), effect="allow", resource="files__read")
+
+
+async def visible_after_change(gateway: Gateway, change) -> float:
+    """Seconds from the change's commit until the agent sees files__read."""
+    token = await sync_to_async(setup)()
+    await gateway.refresh()
+    ctx = gateway.authenticate(token)
+    assert gateway.visible_tools(ctx) == []
+    loop = asyncio.get_running_loop()
+    await sync_to_async(change)()
+    start = loop.time()
+    async with asyncio.timeout(5):
+        while not gateway.visible_tools(ctx):
+            await asyncio.sleep(0.01)
+    return loop.time() - start
+
+
+async def test_the_nudge_applies_a_change_before_the_next_poll(settings):
+    settings.GOVERNANCE_POLL_SECONDS = 30  # the poll cannot be what applies it
+    gateway = Gateway()
+    await gateway.start()
+    try:
+        assert await visible_after_change(gateway, allow_read) < 1
+    finally:
+        await gateway.close()
+
+
+async def test_the_poll_applies_a_change_whose_nudge_was_lost(settings, monkeypatch):
+    settings.GOVERNANCE_POLL_SECONDS = 0.2
+    monkeypatch.setattr("governance.services.versions.governance_nudge", lambda **_: None)
+    gateway = Gateway()
+    await gateway.start()
+    try:
+        assert await visible_after_change(gateway, allow_read) < 1
+    finally:
+        await gateway.close()
