@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from orchestrator import http_mcp, views
 
@@ -8,4 +8,5 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("mcp", http_mcp.mcp_endpoint, name="mcp"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("governance.api.urls")),
 ]

@@ -101,8 +101,9 @@ class RuleDoc(_Strict):
     resource: str = Field(min_length=1, max_length=200)
     kind: Literal["tool"] = "tool"
     conditions: list[dict[str, Any]] = []
-    valid_from: AwareDatetime | None = None
-    valid_until: AwareDatetime | None = None
+    # Not strict: YAML has timestamps, JSON (also valid YAML) only ISO 8601 strings.
+    valid_from: AwareDatetime | None = Field(None, strict=False)
+    valid_until: AwareDatetime | None = Field(None, strict=False)
     shadow: bool = False
     description: str = Field("", max_length=300)
 
@@ -222,10 +223,19 @@ def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -
     Everything is validated first and every problem reported with its location; then the
     change is applied in one transaction (all or nothing) and the tenant's version bumped.
     Roles are matched by name, rules by ``id``; rules without an id are created; roles and
-    rules the document does not mention are deleted.
+    rules the document does not mention are deleted. A dry run counts the same changes and
+    keeps none.
     """
     doc = _parse(text)
     errors: list[tuple[str, str]] = []
+    if doc.tenant is not None and doc.tenant != tenant.slug:
+        errors.append(
+            (
+                "tenant",
+                f"this document is for tenant {doc.tenant!r}, not {tenant.slug!r}; "
+                "change or remove the line to apply it here",
+            )
+        )
     agents = {a.name: a for a in Agent.objects.filter(tenant=tenant)}
     existing_rules = {r.id: r for r in Rule.objects.filter(tenant=tenant)}
     placed: list[tuple[str, RuleDoc, str | None, str | None]] = []  # where, rule, role, agent
@@ -267,8 +277,6 @@ def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -
         raise PolicyImportError(errors)
 
     summary = ImportSummary()
-    if dry_run:
-        return summary
     with transaction.atomic():
         roles = {r.name: r for r in Role.objects.select_for_update().filter(tenant=tenant)}
         for name in set(roles) - role_names:
@@ -305,7 +313,10 @@ def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -
                         setattr(rule, key, value)
                     rule.save()
                     summary.rules["updated"] += 1
-        tenant_version_bump(tenant_id=tenant.id)
+        if dry_run:
+            transaction.set_rollback(True)  # counted, not kept
+        else:
+            tenant_version_bump(tenant_id=tenant.id)
     return summary
 
 

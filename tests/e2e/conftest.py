@@ -58,15 +58,15 @@ class Gateway:
             raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stderr}")
         return result
 
-    def audit(self, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        """Audit rows straight from the database, oldest first."""
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows straight from the gateway's database."""
         with contextlib.closing(sqlite3.connect(self.data_dir / "orchestrator.sqlite3")) as db:
             db.row_factory = sqlite3.Row
-            rows = db.execute(
-                f"SELECT * FROM audit_auditrecord WHERE {where} ORDER BY id",  # noqa: S608 - tests' own
-                params,
-            ).fetchall()
-        return [dict(row) for row in rows]
+            return [dict(row) for row in db.execute(sql, params).fetchall()]
+
+    def audit(self, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Audit rows, oldest first."""
+        return self.query(f"SELECT * FROM audit_auditrecord WHERE {where} ORDER BY id", params)  # noqa: S608 - tests' own
 
     def wait_for_audit(
         self, where: str, params: tuple[Any, ...], count: int
@@ -161,6 +161,17 @@ async def mcp_client(
             http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers))
             target = streamable_http_client(gateway.http_url, http_client=http)
         yield await stack.enter_async_context(Client(target, mode=mode, read_timeout_seconds=30))
+
+
+async def list_all(client: Client) -> list[str]:
+    """Every tool name, following the cursor through all pages."""
+    names, cursor = [], None
+    while True:
+        page = await client.list_tools(cursor=cursor)
+        names += [t.name for t in page.tools]
+        cursor = page.next_cursor
+        if not cursor:
+            return names
 
 
 def jsonrpc(method: str, params: dict[str, Any] | None = None, id: int | str = 1) -> str:

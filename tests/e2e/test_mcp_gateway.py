@@ -10,7 +10,7 @@ import uuid
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.conftest import Gateway, mcp_client
+from tests.e2e.conftest import Gateway, list_all, mcp_client
 
 pytestmark = pytest.mark.e2e
 
@@ -22,16 +22,6 @@ TRANSPORTS_AND_ERAS = [
     ("ws", "2026-07-28", "2026-07-28"),
     ("ws", "auto", "2026-07-28"),
 ]
-
-
-async def list_all(client) -> list[str]:
-    names, cursor = [], None
-    while True:
-        page = await client.list_tools(cursor=cursor)
-        names += [t.name for t in page.tools]
-        cursor = page.next_cursor
-        if not cursor:
-            return names
 
 
 @pytest.mark.parametrize(("transport", "mode", "version"), TRANSPORTS_AND_ERAS)

@@ -16,6 +16,11 @@ def echo(text: str) -> str:
     return text
 
 
+@server.tool(description="Pretend to visit a URL, reading up to max_bytes: echoes what it got.")
+def visit(url: str, max_bytes: int = 1024) -> str:
+    return f"visited {url} ({max_bytes} bytes)"
+
+
 @server.tool(description="The process id of this server.")
 def pid() -> int:
     return os.getpid()

@@ -1,0 +1,1 @@
+"""The governance REST API (DRF): policy check, export and import for staff and CI."""
