@@ -136,12 +136,18 @@ class Gateway:
         return await sync_to_async(run, thread_sensitive=False, executor=self._db)()
 
     async def _poll(self) -> None:
+        last = time.time()
         while True:
             await asyncio.sleep(settings.GOVERNANCE_POLL_SECONDS)
             try:
                 await self.refresh()
             except Exception:
                 logger.exception("governance refresh failed; keeping the last known state")
+            now = time.time()
+            for tenant_id, state in list(self._states.items()):
+                if state.policy.window_edge_between(last, now):
+                    self._notify(tenant_id)  # a rule's window opened or closed
+            last = now
 
     async def _listen(self) -> None:
         """Refresh at once when a change is announced on the channel layer. The poll above is
@@ -196,8 +202,11 @@ class Gateway:
                 if spec.id not in listed:
                     self.upstreams.get(spec)  # connecting lists its tools into the catalog
         for tenant_id in (*changed, *removed):
-            for listener in list(self._listeners.get(tenant_id, ())):
-                listener()
+            self._notify(tenant_id)
+
+    def _notify(self, tenant_id: int) -> None:
+        for listener in list(self._listeners.get(tenant_id, ())):
+            listener()
 
     # --- identity --------------------------------------------------------------------------
     def authenticate(self, token: str) -> AgentContext:

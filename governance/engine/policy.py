@@ -12,6 +12,7 @@ matches the name against every glob in a single linear pass.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import logging
 from collections.abc import Iterable, Mapping
@@ -184,9 +185,10 @@ class Explanation:
         d = self.decision
         out = [f"decision: {d.effect} — {d.reason}"]
         if d.shadow_rule_ids:
+            ids = ", ".join(map(str, d.shadow_rule_ids))
             out.append(
-                f"shadow: rules {', '.join(map(str, d.shadow_rule_ids))} held; enforced, "
-                f"the decision would be {d.shadow_effect} (rule {d.shadow_rule_id})"
+                f"shadow: rule {ids} applies; were shadow rules enforced, the decision would "
+                f"be {d.shadow_effect} (rule {d.shadow_rule_id})"
             )
         if not self.rules:
             out.append("no rule's resource glob matches this name")
@@ -289,6 +291,7 @@ class TenantPolicy:
     broken: dict[int, str] = field(default_factory=dict)
     _compiled: list[CompiledRule] = field(init=False, default_factory=list)
     _agents: dict[int, AgentPolicy] = field(init=False, default_factory=dict)
+    _edges: list[float] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         for spec in self.rules:
@@ -298,6 +301,9 @@ class TenantPolicy:
                 self.broken[spec.id] = str(exc)
                 if (fallback := fail_closed(spec)) is not None:
                     self._compiled.append(CompiledRule(fallback))
+        self._edges = sorted(
+            edge for rule in self._compiled for edge in (rule.since, rule.until) if edge is not None
+        )
         for rule_id, problem in self.broken.items():
             logger.error("rule %s does not compile (%s); it fails closed", rule_id, problem)
 
@@ -316,9 +322,21 @@ class TenantPolicy:
         return policy
 
 
+    def window_edge_between(self, since: float, until: float) -> bool:
+        """Whether a rule's validity window opened or closed in (since, until]: what agents
+        may see changed without any write."""
+        i = bisect.bisect_right(self._edges, since)
+        return i < len(self._edges) and self._edges[i] <= until
+
+
 def fail_closed(spec: RuleSpec) -> RuleSpec | None:
     """What a rule that cannot be compiled still does: a deny or require_approval rule applies
     to its whole glob, without conditions or window; an allow rule does nothing."""
-    if spec.effect is Effect.ALLOW or not spec.resource or spec.shadow:
+    # By value, not identity: an effect given as a plain string ("allow", "bogus") never
+    # becomes an unconditional rule.
+    if spec.effect not in (Effect.DENY, Effect.REQUIRE_APPROVAL):
         return None
-    return replace(spec, conditions=(), valid_from=None, valid_until=None)
+    if not spec.resource or spec.shadow:
+        return None
+    effect = Effect(spec.effect)
+    return replace(spec, effect=effect, conditions=(), valid_from=None, valid_until=None)

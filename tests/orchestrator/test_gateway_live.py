@@ -4,9 +4,11 @@ and by the poll of the persisted version when the nudge is lost."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from governance.services.agents import agent_create, tenant_create, token_issue
 from governance.services.policy import rule_create
@@ -65,5 +67,35 @@ async def test_the_poll_applies_a_change_whose_nudge_was_lost(settings, monkeypa
     await gateway.start()
     try:
         assert await visible_after_change(gateway, allow_read) < 1
+    finally:
+        await gateway.close()
+
+
+async def test_listeners_hear_when_a_rule_window_opens(settings):
+    """No write happens when a window opens, yet what the agent may see changes: the gateway
+    tells the tenant's connections (which then send list_changed)."""
+    settings.GOVERNANCE_POLL_SECONDS = 0.05
+    gateway = Gateway()
+    await gateway.start()
+    try:
+        token = await sync_to_async(setup)()
+        opens = timezone.now() + timedelta(seconds=0.5)
+
+        def allow_read_later() -> None:
+            from governance.models import Tenant
+
+            tenant = Tenant.objects.get(slug="acme")
+            rule_create(tenant=tenant, effect="allow", resource="files__read", valid_from=opens)
+
+        await sync_to_async(allow_read_later)()
+        await gateway.refresh()
+        ctx = gateway.authenticate(token)
+        heard = asyncio.Event()
+        gateway.subscribe(ctx.tenant_id, heard.set)
+        assert gateway.visible_tools(ctx) == []
+        async with asyncio.timeout(3):
+            await heard.wait()
+        assert timezone.now() >= opens
+        assert [t.exposed_name for t in gateway.visible_tools(ctx)] == ["files__read"]
     finally:
         await gateway.close()

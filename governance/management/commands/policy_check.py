@@ -16,13 +16,18 @@ class Command(BaseCommand):
         parser.add_argument("--tenant", required=True)
         parser.add_argument("--agent", required=True)
         parser.add_argument("--tool", required=True, help="as the agent sees it: server__tool")
-        parser.add_argument("--args", default="{}", help="the call's arguments as a JSON object")
+        parser.add_argument(
+            "--args",
+            dest="arguments",  # "args" is taken: Django passes positional arguments under it
+            default="{}",
+            help="the call's arguments as a JSON object",
+        )
 
     def handle(self, *args, tenant, agent, tool, **options):
         tenant_obj = tenant_by_slug(tenant)
         agent_obj = agent_by_name(tenant_obj, agent)
         try:
-            arguments = json.loads(options["args"])
+            arguments = json.loads(options["arguments"])
         except json.JSONDecodeError as exc:
             raise CommandError(f"--args is not JSON: {exc}") from None
         if not isinstance(arguments, dict):
