@@ -177,6 +177,9 @@ class RuleAdminForm(forms.ModelForm):
             "shadow",
         ]
 
+    def clean_conditions(self):
+        return self.cleaned_data["conditions"] or []  # an empty box: no conditions
+
     def _post_clean(self) -> None:
         super()._post_clean()
         if not self.errors:

@@ -29,6 +29,7 @@ Test = Callable[[Any], Verdict]
 
 OPERATORS = ("equals", "in", "prefix", "glob", "regex", "range", "host_in", "path_under")
 WILDCARD = object()  # a [*] step
+MISSING = object()  # where a path reaches no value
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
 _RE2_OPTIONS.dot_nl = True
@@ -94,17 +95,17 @@ class Condition:
 
     def holds(self, arguments: Any) -> bool:
         values = select(arguments, self.steps)
-        if not values:
+        if all(v is MISSING for v in values):
             return self.negate  # absent: "X" does not hold, "not X" does
         negate, test = self.negate, self.test
         if self.strict:
             for value in values:
-                verdict = test(value)
+                verdict = False if value is MISSING else test(value)
                 if verdict is None or verdict == negate:
                     return False
             return True
         for value in values:
-            verdict = test(value)
+            verdict = False if value is MISSING else test(value)
             if verdict is None or verdict != negate:
                 return True
         return False
@@ -113,8 +114,9 @@ class Condition:
         """One line for explanations: the condition, the values it saw, and its verdict."""
         spec = self.spec
         values = select(arguments, self.steps)
-        seen = ", ".join(_short(v) for v in values) if values else "absent"
-        verdicts = [self.test(v) for v in values]
+        present = [v for v in values if v is not MISSING]
+        seen = ", ".join("absent" if v is MISSING else _short(v) for v in values) or "absent"
+        verdicts = [self.test(v) for v in present]
         unsure = " (a value could not be judged safely)" if None in verdicts else ""
         word = "holds" if self.holds(arguments) else "does not hold"
         negated = "not " if spec.negate else ""
@@ -151,20 +153,24 @@ def parse_path(path: Any) -> tuple[Any, ...]:
 
 
 def select(document: Any, steps: tuple[Any, ...]) -> list[Any]:
+    """The values the path reaches, with MISSING where a branch ends early: under ``[*]`` an
+    element without the key counts as absent rather than being skipped."""
     values = [document]
     for step in steps:
         found: list[Any] = []
         for value in values:
-            if step is WILDCARD:
+            if value is MISSING:
+                found.append(MISSING)
+            elif step is WILDCARD:
                 if isinstance(value, list):
                     found.extend(value)
                 elif isinstance(value, dict):
                     found.extend(value.values())
             elif isinstance(step, int):
-                if isinstance(value, list) and step < len(value):
-                    found.append(value[step])
-            elif isinstance(value, dict) and step in value:
-                found.append(value[step])
+                ok = isinstance(value, list) and step < len(value)
+                found.append(value[step] if ok else MISSING)
+            else:
+                found.append(value[step] if isinstance(value, dict) and step in value else MISSING)
         values = found
     return values
 
@@ -194,14 +200,16 @@ def _equals(operand: Any) -> Test:
     if not _is_scalar(operand):
         raise ConditionError("value", "equals takes a string, number, boolean or null")
     key = _key(operand)
-    return lambda value: _is_scalar(value) and _key(value) == key
+    return lambda value: _key(value) == key if _is_scalar(value) else None
 
 
 def _in(operand: Any) -> Test:
     if not isinstance(operand, list) or not operand or not all(map(_is_scalar, operand)):
-        raise ConditionError("value", "in takes a non-empty list of strings, numbers or booleans")
+        raise ConditionError(
+            "value", "in takes a non-empty list of strings, numbers, booleans or nulls"
+        )
     keys = frozenset(_key(v) for v in operand)
-    return lambda value: _is_scalar(value) and _key(value) in keys
+    return lambda value: _key(value) in keys if _is_scalar(value) else None
 
 
 def _string_operand(op: str, operand: Any) -> str:
@@ -227,7 +235,9 @@ def re2_compile(pattern: str, field: str = "value") -> Any:
     try:
         return re2.compile(pattern, _RE2_OPTIONS)
     except re2.error as exc:
-        raise ConditionError(field, f"not an RE2 regular expression: {exc}") from None
+        reason = exc.args[0] if exc.args else exc
+        reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        raise ConditionError(field, f"not an RE2 regular expression: {reason}") from None
 
 
 def _glob(operand: Any) -> Test:
@@ -244,19 +254,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_finite(value: Any) -> bool:
+    """A number that is not NaN or infinite; any int (math.isfinite overflows on huge ints)."""
+    return _is_number(value) and (isinstance(value, int) or math.isfinite(value))
+
+
 def _range(operand: Any) -> Test:
     bounds = operand if isinstance(operand, dict) else {}
     low, high = bounds.get("min"), bounds.get("max")
     if (
-        not bounds
+        (low is None and high is None)
         or set(bounds) - {"min", "max"}
-        or not all(b is None or (_is_number(b) and math.isfinite(b)) for b in (low, high))
+        or not all(b is None or _is_finite(b) for b in (low, high))
         or (low is not None and high is not None and low > high)
     ):
         raise ConditionError("value", 'range takes {"min": n, "max": n} (either may be left out)')
 
     def test(value: Any) -> Verdict:
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_finite(value):
             return None
         return (low is None or value >= low) and (high is None or value <= high)
 
@@ -294,13 +309,18 @@ def normalise_host(host: str) -> str | None:
     if not host or _CONTROL.search(host) or any(c in host for c in "%\\/@ "):
         return None
     try:
-        return str(ipaddress.ip_address(host.strip("[]")))
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         pass
+    else:  # ::ffff:127.0.0.1 reaches 127.0.0.1
+        return str(getattr(address, "ipv4_mapped", None) or address)
     try:
-        host = host.encode("idna").decode("ascii")
+        # IDNA maps fullwidth and ideographic full stops to ".": strip the trailing dot again.
+        host = host.encode("idna").decode("ascii").rstrip(".")
     except UnicodeError:
         return None
+    if not host or ":" in host:
+        return None  # a port, or an IPv6 address ipaddress refused
     last = host.rsplit(".", 1)[-1]
     if last.isdigit() or last.startswith("0x"):
         return None  # looks numeric, but not an address ipaddress accepts: ambiguous
@@ -342,14 +362,14 @@ def normalise_path(value: Any) -> str | None:
     """An absolute POSIX path with ``.``, ``..`` and repeated slashes resolved in its string
     form. None for anything that another layer could read differently: relative paths,
     percent-encoding, backslashes, control characters, or Unicode that NFKC folds into
-    ``/`` or ``.``."""
+    ``/``, ``.``, ``%`` or ``\\``."""
     if not isinstance(value, str) or not value.startswith("/"):
         return None
     if "%" in value or "\\" in value or _CONTROL.search(value):
         return None
     if not value.isascii() and unicodedata.normalize("NFKC", value) != value:
         folded = unicodedata.normalize("NFKC", value)
-        if folded.count("/") != value.count("/") or folded.count(".") != value.count("."):
+        if any(folded.count(c) != value.count(c) for c in "/.%\\"):
             return None
     return posixpath.normpath(re.sub("/+", "/", value))
 

@@ -321,7 +321,6 @@ class TenantPolicy:
             self._agents[agent_id] = policy
         return policy
 
-
     def window_edge_between(self, since: float, until: float) -> bool:
         """Whether a rule's validity window opened or closed in (since, until]: what agents
         may see changed without any write."""

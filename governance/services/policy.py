@@ -116,7 +116,7 @@ class RoleDoc(_Strict):
 
 
 class PolicyDoc(_Strict):
-    format: int = POLICY_FORMAT
+    format: Literal[1] = POLICY_FORMAT
     tenant: str | None = None  # informative: the export names its tenant
     roles: list[RoleDoc] = []
     everyone: list[RuleDoc] = []
@@ -208,7 +208,11 @@ def _parse(text: str | bytes) -> PolicyDoc:
         problem = getattr(exc, "problem", None) or exc
         raise PolicyImportError([(where, f"not valid YAML: {problem}")]) from None
     if raw is None:
-        raw = {}
+        # Importing "nothing" would delete every rule: too easy by mistake (an empty file, a
+        # failed pipe). An empty policy is said explicitly: "format: 1".
+        raise PolicyImportError(
+            [("document", "empty; to remove every role and rule, import `format: 1`")]
+        )
     try:
         return PolicyDoc.model_validate(raw)
     except SchemaError as exc:
@@ -279,9 +283,6 @@ def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -
     summary = ImportSummary()
     with transaction.atomic():
         roles = {r.name: r for r in Role.objects.select_for_update().filter(tenant=tenant)}
-        for name in set(roles) - role_names:
-            roles.pop(name).delete()
-            summary.roles["deleted"] += 1
         for role_doc in doc.roles:
             role = roles.get(role_doc.name)
             if role is None:
@@ -313,6 +314,11 @@ def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -
                         setattr(rule, key, value)
                     rule.save()
                     summary.rules["updated"] += 1
+        # Last: deleting a role deletes its rules, and the document may have moved some of them
+        # to another role (a renamed role keeps its rules' ids).
+        for name in set(roles) - role_names:
+            roles.pop(name).delete()
+            summary.roles["deleted"] += 1
         if dry_run:
             transaction.set_rollback(True)  # counted, not kept
         else:

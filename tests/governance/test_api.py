@@ -133,7 +133,7 @@ def test_check_reports_shadow_rules_without_enforcing_them(api, rules):
     shadow = rules["shadow"].id
     assert (body["decision"], body["rule_id"]) == ("allow", rules["allow"].id)
     assert body["shadow"] == {"rules": [shadow], "effect": "deny", "rule": shadow}
-    assert any(line.startswith(f"shadow: rules {shadow} held") for line in body["explanation"])
+    assert any(line.startswith(f"shadow: rule {shadow} applies") for line in body["explanation"])
     assert [r["shadow"] for r in body["rules"] if r["rule_id"] == shadow] == [True]
 
 

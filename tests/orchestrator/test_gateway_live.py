@@ -55,7 +55,8 @@ async def test_the_nudge_applies_a_change_before_the_next_poll(settings):
     gateway = Gateway()
     await gateway.start()
     try:
-        assert await visible_after_change(gateway, allow_read) < 1
+        # Well under the 30 s poll; not a latency claim (the e2e tests hold the 1 s one).
+        assert await visible_after_change(gateway, allow_read) < 5
     finally:
         await gateway.close()
 
@@ -66,7 +67,7 @@ async def test_the_poll_applies_a_change_whose_nudge_was_lost(settings, monkeypa
     gateway = Gateway()
     await gateway.start()
     try:
-        assert await visible_after_change(gateway, allow_read) < 1
+        assert await visible_after_change(gateway, allow_read) < 5
     finally:
         await gateway.close()
 

@@ -1,3 +1,4 @@
+import argparse
 import json
 
 from django.core.exceptions import ValidationError
@@ -57,5 +58,7 @@ class Command(BaseCommand):
 def _datetime(value: str):
     parsed = parse_datetime(value)
     if parsed is None or parsed.tzinfo is None:
-        raise ValueError(f"{value!r} is not an ISO 8601 date-time with a time zone")
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO 8601 date-time with a time zone, e.g. 2026-12-31T18:00Z"
+        )
     return parsed
