@@ -19,7 +19,7 @@ import httpx
 import pytest
 from mcp import Client, MCPError
 
-from tests.e2e.conftest import TESTKIT, Gateway, list_all, mcp_client
+from tests.e2e.conftest import TESTKIT, Gateway, list_all, mcp_client, start_server
 
 TENANT = "beta"
 ADMIN_PASSWORD = "policy-admin-pw"  # a throwaway login on a test database
@@ -52,10 +52,14 @@ def beta(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     return {"token": token, "repos": repos, "policy": policy}
 
 
-@pytest.fixture(scope="module")
-def imported(gateway: Gateway, beta: dict[str, Any]) -> None:
+def import_policy(gateway: Gateway, beta: dict[str, Any]) -> None:
     gateway.manage("policy_import", "--tenant", TENANT, str(beta["policy"]))
     time.sleep(1)  # applied within a second: the first test shows it
+
+
+@pytest.fixture(scope="module")
+def imported(gateway: Gateway, beta: dict[str, Any]) -> None:
+    import_policy(gateway, beta)
 
 
 def policy_yaml(repos: Path) -> str:
@@ -274,4 +278,32 @@ async def test_a_rule_saved_in_admin_applies_to_a_connected_agent_within_a_secon
         names = await list_all(client)
         assert "git__git_status" not in names  # an unconditional deny hides the tool
         assert "git__git_log" in names
-    gateway.manage("policy_import", "--tenant", TENANT, str(beta["policy"]))  # as it was
+    import_policy(gateway, beta)  # as it was
+
+
+async def test_a_change_reaches_connected_agents_on_every_gateway_process(gateway, beta, imported):
+    """Two gateway processes on one database: a policy change made by a command (a third
+    process) is enforced on a connection to each within a second."""
+    second = Gateway(data_dir=gateway.data_dir, env=gateway.env)
+    start_server(second)
+    assert second.process is not None
+    status = {"repo_path": str(beta["repos"] / "sandbox")}
+    try:
+        async with (
+            mcp_client(gateway, beta["token"], transport="ws", mode="legacy") as one,
+            mcp_client(second, beta["token"], transport="http", mode="2026-07-28") as two,
+        ):
+            for client in (one, two):
+                assert (await outcome(client, "git__git_status", status))[0] == "ok"
+            gateway.manage(
+                "rule_add", "--tenant", TENANT, "--agent", "pat", "--effect", "deny",
+                "--tool", "git__git_status", "--description", "status off everywhere",
+            )  # fmt: skip
+            waits = await asyncio.gather(
+                *(seconds_until(c, "git__git_status", status, "error") for c in (one, two))
+            )
+            assert max(waits) < 1.0
+    finally:
+        second.process.terminate()
+        second.process.wait(timeout=10)
+        import_policy(gateway, beta)  # as it was
