@@ -155,6 +155,16 @@ def parse_path(path: Any) -> tuple[Any, ...]:
 def select(document: Any, steps: tuple[Any, ...]) -> list[Any]:
     """The values the path reaches, with MISSING where a branch ends early: under ``[*]`` an
     element without the key counts as absent rather than being skipped."""
+    if WILDCARD not in steps:  # the common case: one value or none
+        value = document
+        for step in steps:
+            if isinstance(step, int):
+                if not (isinstance(value, list) and step < len(value)):
+                    return []
+            elif not (isinstance(value, dict) and step in value):
+                return []
+            value = value[step]
+        return [value]
     values = [document]
     for step in steps:
         found: list[Any] = []

@@ -125,7 +125,10 @@ class CompiledRule:
         )
 
     def holds(self, arguments: Any) -> bool:
-        return all(c.holds(arguments) for c in self.conditions)
+        for condition in self.conditions:  # noqa: SIM110 - a plain loop: the hot path
+            if not condition.holds(arguments):
+                return False
+        return True
 
 
 def rule_compile(spec: RuleSpec) -> CompiledRule:
