@@ -4,12 +4,18 @@ Close codes (docs/api.md): 4401 — missing, unknown, expired or revoked token (
 revoked while connected); 1009 — a frame above the transport hard cap. A connection that does
 not offer the "mcp" subprotocol, or comes from a page of another origin, is refused at the
 handshake (HTTP 403).
+
+Server-initiated messages (docs/api.md, "Tool list changes"): after each governance change the
+connection re-checks its token, then sends ``notifications/tools/list_changed`` if the agent's
+tool list changed — to an initialized handshake-era connection, and on each 2026-07-28
+``subscriptions/listen`` stream that asked for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -18,6 +24,7 @@ from django.conf import settings
 from orchestrator.auth import bearer_token, header, origin_allowed
 from orchestrator.gateway import AgentContext, AuthError, Gateway, get_gateway
 from orchestrator.protocol.jsonrpc import (
+    INTERNAL_ERROR,
     INVALID_REQUEST,
     JsonRpcError,
     Notification,
@@ -25,7 +32,14 @@ from orchestrator.protocol.jsonrpc import (
     RequestId,
     parse_message,
 )
-from orchestrator.protocol.mcp import McpSession, cancelled_request_id
+from orchestrator.protocol.mcp import (
+    LISTEN,
+    MAX_SUBSCRIPTIONS,
+    McpSession,
+    cancelled_request_id,
+)
+
+logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "mcp"
 CLOSE_UNAUTHORIZED = 4401
@@ -38,6 +52,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.inflight: dict[RequestId, asyncio.Task[None]] = {}
+        self.outbox: set[asyncio.Task[None]] = set()  # server-initiated sends under way
         self.unsubscribe = None
         offered = SUBPROTOCOL in self.scope.get("subprotocols", [])
         if not offered or not origin_allowed(header(self.scope["headers"], b"origin")):
@@ -56,15 +71,27 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.unsubscribe is not None:
             self.unsubscribe()
-        for task in self.inflight.values():
+            self.unsubscribe = None
+        for task in (*self.inflight.values(), *self.outbox):
             task.cancel()
 
     def governance_changed(self) -> None:
-        """The tenant's state moved: close at once if this token may no longer be used."""
+        """The tenant's state moved: close at once if this token may no longer be used, else
+        tell the client if its tool list changed."""
         try:
             self.gateway.check(self.ctx)
         except AuthError as exc:
             asyncio.get_running_loop().create_task(self.refuse(exc))
+            return
+        try:
+            due = self.session.changes()
+        except Exception:  # a listener must not break the gateway's refresh for the others
+            logger.exception("tool list change check failed for agent %s", self.ctx.agent_name)
+            return
+        if due:
+            task = asyncio.get_running_loop().create_task(self.send_all(due))
+            self.outbox.add(task)
+            task.add_done_callback(self.outbox.discard)
 
     async def refuse(self, exc: AuthError) -> None:
         if self.unsubscribe is not None:
@@ -93,8 +120,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         if isinstance(message, Notification):
             self.cancel(cancelled_request_id(message))
+            if self.session.notified(message):
+                # Initialized: a change since initialize is told now, later ones as they come.
+                await self.send_all(self.session.changes())
         elif isinstance(message, Request):
-            if message.id in self.inflight:
+            if message.id in self.inflight or message.id in self.session.subscriptions:
                 await self.send_json(
                     JsonRpcError(
                         INVALID_REQUEST,
@@ -107,6 +137,8 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 task = asyncio.get_running_loop().create_task(self.answer(message))
                 self.inflight[message.id] = task
                 task.add_done_callback(lambda _t, rid=message.id: self.inflight.pop(rid, None))
+            elif message.method == LISTEN:
+                await self.listen(message)
             else:
                 await self.answer(message)
 
@@ -117,11 +149,44 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return  # the client cancelled it or left: no response is due
         await self.send_json(response)
 
+    async def listen(self, request: Request) -> None:
+        """2026-07-28 ``subscriptions/listen``: acknowledge, then notify on this connection until
+        the client cancels it (``notifications/cancelled``) or the connection ends."""
+        if len(self.session.subscriptions) >= MAX_SUBSCRIPTIONS:
+            await self.send_json(
+                JsonRpcError(
+                    INTERNAL_ERROR,
+                    f"subscription limit reached: {MAX_SUBSCRIPTIONS} listen streams "
+                    "per connection",
+                    request_id=request.id,
+                ).response()
+            )
+            return
+        try:
+            subscription = self.session.open_listen(request)
+        except JsonRpcError as exc:
+            await self.send_json(exc.response())
+            return
+        await self.send_json(subscription.acknowledged())
+        # Registered only now, so nothing on the stream can precede its acknowledgement; a
+        # change that landed while it was being sent is caught by the look right after.
+        self.session.subscriptions[subscription.id] = subscription
+        await self.send_all(subscription.due())
+
     def cancel(self, request_id: Any) -> None:
         valid = isinstance(request_id, str | int) and not isinstance(request_id, bool)
-        task = self.inflight.get(request_id) if valid else None
+        if not valid:
+            return
+        task = self.inflight.get(request_id)
         if task is not None:
             task.cancel()
+        self.session.subscriptions.pop(request_id, None)  # a listen stream ends without reply
+
+    async def send_all(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            if self.unsubscribe is None:
+                return  # refused or closing: nothing more goes out
+            await self.send_json(message)
 
     async def send_json(self, message: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(message, ensure_ascii=False, separators=(",", ":")))

@@ -163,7 +163,10 @@ class Gateway:
                 async with asyncio.timeout(_GROUP_REJOIN_SECONDS):
                     while True:
                         await layer.receive(channel)
-                        await self.refresh()
+                        try:
+                            await self.refresh()
+                        except Exception:
+                            logger.exception("governance refresh failed; the poll retries it")
             except TimeoutError:
                 continue
             except Exception:

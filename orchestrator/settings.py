@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from orchestrator.env import env_bool, env_float, env_int, env_list, env_path, env_str
@@ -74,6 +75,9 @@ def _database(url: str) -> dict[str, object]:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 20,
             },
+            # Tests too run on a file, as production does: an in-memory database shared
+            # between threads fails at once with "table is locked" instead of waiting.
+            "TEST": {"NAME": DATA_DIR / f"test-{os.getpid()}.sqlite3"},
         }
     from urllib.parse import unquote, urlsplit
 
@@ -160,6 +164,10 @@ WS_MAX_FRAME_BYTES = env_int("WS_MAX_FRAME_BYTES", 4 * MCP_MAX_MESSAGE_BYTES, mi
 MCP_CALL_TIMEOUT_SECONDS = env_float("MCP_CALL_TIMEOUT_SECONDS", 30.0, minimum=0.01)
 # Tools per tools/list page.
 MCP_PAGE_SIZE = env_int("MCP_PAGE_SIZE", 100, minimum=1)
+# Server-to-client streams (list_changed): a stream ends after this and the client reconnects;
+# a keep-alive comment goes out this often so proxies keep an idle stream open.
+MCP_STREAM_MAX_SECONDS = env_float("MCP_STREAM_MAX_SECONDS", 600.0, minimum=1)
+MCP_STREAM_KEEPALIVE_SECONDS = env_float("MCP_STREAM_KEEPALIVE_SECONDS", 15.0, minimum=0.1)
 # Browser origins allowed to call /mcp (requests without Origin are non-browser and allowed).
 MCP_ALLOWED_ORIGINS = env_list(
     "MCP_ALLOWED_ORIGINS", ["http://127.0.0.1", "http://localhost", "http://[::1]"]

@@ -3,14 +3,22 @@
 Handshake era (≤ 2025-11-25): ``initialize`` fixes the version for the connection/session.
 Stateless era (2026-07-28): no handshake; every request carries its version and the client's
 capabilities in ``params._meta``, results carry ``resultType`` (and cache hints on lists).
+
+Tool list changes: the handshake era sends ``notifications/tools/list_changed`` to an initialized
+session; 2026-07-28 sends it only on a ``subscriptions/listen`` stream that asked for
+``toolsListChanged``. Either way it is sent only when what the agent's ``tools/list`` shows
+(names and definitions) differs from what the client was last told (``ToolListWatch``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mcp_types import HEADER_MISMATCH, UNSUPPORTED_PROTOCOL_VERSION
@@ -29,6 +37,7 @@ from orchestrator.protocol.jsonrpc import (
     JsonRpcError,
     Notification,
     Request,
+    RequestId,
     result_response,
 )
 
@@ -37,11 +46,17 @@ logger = logging.getLogger(__name__)
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 SERVER_INFO = {"name": "workingagents-orchestrator", "version": __version__}
-CAPABILITIES: dict[str, Any] = {"tools": {}}
+# Both eras: the gateway tells clients when their tool list changes (in 2026-07-28, on
+# subscriptions/listen streams, which is what listChanged means there).
+CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": True}}
+LISTEN = "subscriptions/listen"
+TOOLS_LIST_CHANGED = "notifications/tools/list_changed"
+MAX_SUBSCRIPTIONS = 16  # open listen streams per WebSocket connection (HTTP: per token)
 INSTRUCTIONS = (
-    "Tools are namespaced by upstream server (server__tool). Every call is checked against "
-    "your grants and recorded in an audit trail."
+    "Tools are namespaced by upstream server (server__tool). Every call is decided by "
+    "your permission policy and recorded in an audit trail."
 )
 
 
@@ -110,6 +125,68 @@ def check_http_headers(request: Request, headers: Mapping[str, str]) -> None:
             )
 
 
+def tools_fingerprint(gateway: Gateway, ctx: AgentContext) -> str:
+    """A digest of what the agent's ``tools/list`` shows now: every name and definition."""
+    tools = [tool.as_mcp() for tool in gateway.visible_tools(ctx)]
+    canonical = json.dumps(tools, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def list_changed_notification(subscription_id: RequestId | None = None) -> dict[str, Any]:
+    """``notifications/tools/list_changed``; on a listen stream it names its subscription."""
+    message: dict[str, Any] = {"jsonrpc": "2.0", "method": TOOLS_LIST_CHANGED}
+    if subscription_id is not None:
+        message["params"] = {"_meta": {META_SUBSCRIPTION_ID: subscription_id}}
+    return message
+
+
+class ToolListWatch:
+    """Has the agent's tool list changed since the client was last told? Level-triggered: a
+    change and its undoing between two looks is no change; two changes are one notification."""
+
+    def __init__(self, gateway: Gateway, ctx: AgentContext, *, known: str | None = None) -> None:
+        self.gateway = gateway
+        self.ctx = ctx
+        self.known = known if known is not None else tools_fingerprint(gateway, ctx)
+
+    def changed(self) -> bool:
+        current = tools_fingerprint(self.gateway, self.ctx)
+        if current == self.known:
+            return False
+        self.known = current
+        return True
+
+
+@dataclass(slots=True)
+class Subscription:
+    """One 2026-07-28 ``subscriptions/listen`` stream. Its id is the request's id, and every
+    message on it carries that id in ``_meta``. ``tools`` is None unless the client asked for
+    ``toolsListChanged``, the only kind the gateway honours (it has no prompts or resources)."""
+
+    id: RequestId
+    tools: ToolListWatch | None
+
+    def acknowledged(self) -> dict[str, Any]:
+        """The first message on the stream: what the server will send on it."""
+        honored = {"toolsListChanged": True} if self.tools is not None else {}
+        return {
+            "jsonrpc": "2.0",
+            "method": "notifications/subscriptions/acknowledged",
+            "params": {"_meta": {META_SUBSCRIPTION_ID: self.id}, "notifications": honored},
+        }
+
+    def due(self) -> list[dict[str, Any]]:
+        """The notifications to send now (none, or one list_changed)."""
+        if self.tools is not None and self.tools.changed():
+            return [list_changed_notification(self.id)]
+        return []
+
+    def closed(self) -> dict[str, Any]:
+        """The listen request's result: the server ends the stream gracefully."""
+        meta = {META_SUBSCRIPTION_ID: self.id, META_SERVER_INFO: SERVER_INFO}
+        return result_response(self.id, {"resultType": "complete", "_meta": meta})
+
+
 class McpSession:
     """One agent's MCP conversation: a WebSocket connection, or one HTTP session/request."""
 
@@ -125,6 +202,51 @@ class McpSession:
         self.ctx = ctx
         self.transport = transport
         self.protocol_version = protocol_version  # fixed by initialize (handshake era)
+        # Handshake era: the tool list as of initialize, and whether notifications/initialized
+        # came (list_changed is sent only after it).
+        self.tools: ToolListWatch | None = None
+        self.initialized = False
+        # 2026-07-28: the open listen streams of a connection, by request id (WebSocket only:
+        # over HTTP each stream is its own request).
+        self.subscriptions: dict[RequestId, Subscription] = {}
+
+    def notified(self, notification: Notification) -> bool:
+        """Take a client notification; True if it is the handshake era's ``initialized``."""
+        if notification.method != "notifications/initialized" or self.tools is None:
+            return False
+        self.initialized = True
+        return True
+
+    def open_listen(self, request: Request) -> Subscription:
+        """Validate a ``subscriptions/listen`` request; the caller sends ``acknowledged()``
+        first, then registers the subscription (WebSocket) or streams it (HTTP)."""
+        try:
+            version = self._version_of(request)
+            if not is_modern(version):
+                raise JsonRpcError(
+                    METHOD_NOT_FOUND, f"method not found: {request.method!r}", data=request.method
+                )
+            notifications = request.params.get("notifications")
+            if not isinstance(notifications, dict):
+                raise JsonRpcError(
+                    INVALID_PARAMS, "subscriptions/listen needs params.notifications (an object)"
+                )
+        except JsonRpcError as exc:
+            exc.request_id = request.id
+            raise
+        wants_tools = notifications.get("toolsListChanged") is True
+        return Subscription(
+            id=request.id, tools=ToolListWatch(self.gateway, self.ctx) if wants_tools else None
+        )
+
+    def changes(self) -> list[dict[str, Any]]:
+        """The notifications due now on this connection, after a governance change."""
+        due: list[dict[str, Any]] = []
+        if self.initialized and self.tools is not None and self.tools.changed():
+            due.append(list_changed_notification())
+        for subscription in self.subscriptions.values():
+            due += subscription.due()
+        return due
 
     async def handle(self, request: Request) -> dict[str, Any]:
         """Answer one request with a JSON-RPC response; errors become error responses."""
@@ -180,6 +302,7 @@ class McpSession:
         method = request.method
         if method == "initialize":
             self.protocol_version = version
+            self.tools = ToolListWatch(self.gateway, self.ctx)
             return {
                 "protocolVersion": version,
                 "capabilities": CAPABILITIES,

@@ -150,7 +150,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 @contextlib.asynccontextmanager
 async def mcp_client(
-    gateway: Gateway, token: str, *, transport: str = "http", mode: str = "auto"
+    gateway: Gateway,
+    token: str,
+    *,
+    transport: str = "http",
+    mode: str = "auto",
+    message_handler: Any = None,
 ) -> AsyncIterator[Client]:
     """The official mcp SDK client, unmodified, over streamable HTTP or WebSocket."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -160,7 +165,8 @@ async def mcp_client(
         else:
             http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers))
             target = streamable_http_client(gateway.http_url, http_client=http)
-        yield await stack.enter_async_context(Client(target, mode=mode, read_timeout_seconds=30))
+        client = Client(target, mode=mode, message_handler=message_handler, read_timeout_seconds=30)
+        yield await stack.enter_async_context(client)
 
 
 async def list_all(client: Client) -> list[str]:

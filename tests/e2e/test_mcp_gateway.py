@@ -36,6 +36,7 @@ async def test_list_and_call_time_tool_is_audited(gateway: Gateway, transport, m
             "testkit__grow",
             "testkit__pid",
             "testkit__sleep",
+            "testkit__visit",
             "time__convert_time",
             "time__get_current_time",
         ]
