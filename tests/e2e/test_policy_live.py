@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from mcp import Client, MCPError
 
@@ -210,7 +210,7 @@ async def test_the_audit_record_names_the_rule_and_keeps_shadow_verdicts(gateway
     assert record["policy_version"] is not None
 
 
-def admin_session(gateway: Gateway) -> httpx.Client:
+def admin_session(gateway: Gateway) -> httpx2.Client:
     """A logged-in Django admin session on the live server."""
     with_password = replace(
         gateway, env={**gateway.env, "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD}
@@ -224,7 +224,7 @@ def admin_session(gateway: Gateway) -> httpx.Client:
         "a@example.test",
         check=False,  # exists already when the module reruns
     )
-    session = httpx.Client(base_url=gateway.base, follow_redirects=False, timeout=10)
+    session = httpx2.Client(base_url=gateway.base, follow_redirects=False, timeout=10)
     session.get("/admin/login/")
     answer = session.post(
         "/admin/login/?next=/admin/",
