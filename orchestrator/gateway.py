@@ -155,9 +155,10 @@ class Gateway:
         layer = get_channel_layer()
         if layer is None:
             return
+        channel = ""
         while True:
             try:
-                channel = await layer.new_channel()
+                channel = channel or await layer.new_channel()
                 # Re-joined now and then: channel-layer group membership expires.
                 await layer.group_add(GOVERNANCE_GROUP, channel)
                 async with asyncio.timeout(_GROUP_REJOIN_SECONDS):

@@ -221,6 +221,17 @@ def _parse(text: str | bytes) -> PolicyDoc:
         ) from None
 
 
+@dataclass
+class _Plan:
+    """A validated document, resolved against the tenant: where each rule goes."""
+
+    agents: dict[str, Agent]
+    existing_rules: dict[int, Rule]
+    role_names: set[str] = field(default_factory=set)
+    kept_ids: set[int] = field(default_factory=set)
+    placed: list[tuple[RuleDoc, str | None, str | None]] = field(default_factory=list)
+
+
 def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -> ImportSummary:
     """Make the tenant's roles, memberships and rules exactly what the document says.
 
@@ -231,6 +242,22 @@ def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -
     keeps none.
     """
     doc = _parse(text)
+    plan = _plan(doc, tenant)
+    with transaction.atomic():
+        summary = _apply(doc, plan, tenant)
+        if dry_run:
+            transaction.set_rollback(True)  # counted, not kept
+        else:
+            tenant_version_bump(tenant_id=tenant.id)
+    return summary
+
+
+def _plan(doc: PolicyDoc, tenant: Tenant) -> _Plan:
+    """Check the document against the tenant and the engine; raise every problem at once."""
+    plan = _Plan(
+        agents={a.name: a for a in Agent.objects.filter(tenant=tenant)},
+        existing_rules={r.id: r for r in Rule.objects.filter(tenant=tenant)},
+    )
     errors: list[tuple[str, str]] = []
     if doc.tenant is not None and doc.tenant != tenant.slug:
         errors.append(
@@ -240,89 +267,81 @@ def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -
                 "change or remove the line to apply it here",
             )
         )
-    agents = {a.name: a for a in Agent.objects.filter(tenant=tenant)}
-    existing_rules = {r.id: r for r in Rule.objects.filter(tenant=tenant)}
-    placed: list[tuple[str, RuleDoc, str | None, str | None]] = []  # where, rule, role, agent
-
-    role_names: set[str] = set()
+    located: list[tuple[str, RuleDoc, str | None, str | None]] = []
     for i, role in enumerate(doc.roles):
-        if role.name in role_names:
+        if role.name in plan.role_names:
             errors.append((f"roles[{i}].name", f"role {role.name!r} appears twice"))
-        role_names.add(role.name)
+        plan.role_names.add(role.name)
         for j, name in enumerate(role.agents):
-            if name not in agents:
+            if name not in plan.agents:
                 errors.append((f"roles[{i}].agents[{j}]", f"no agent {name!r} in this tenant"))
-        placed += [(f"roles[{i}].rules[{k}]", r, role.name, None) for k, r in enumerate(role.rules)]
-    placed += [(f"everyone[{k}]", r, None, None) for k, r in enumerate(doc.everyone)]
+        located += [
+            (f"roles[{i}].rules[{k}]", r, role.name, None) for k, r in enumerate(role.rules)
+        ]
+    located += [(f"everyone[{k}]", r, None, None) for k, r in enumerate(doc.everyone)]
     for name, rules in doc.agents.items():
-        if name not in agents:
+        if name not in plan.agents:
             errors.append((f"agents.{name}", f"no agent {name!r} in this tenant"))
-        placed += [(f"agents.{name}[{k}]", r, None, name) for k, r in enumerate(rules)]
+        located += [(f"agents.{name}[{k}]", r, None, name) for k, r in enumerate(rules)]
 
-    seen_ids: set[int] = set()
-    for where, rule_doc, _, agent_name in placed:
+    for where, rule_doc, role_name, agent_name in located:
         if rule_doc.id is not None:
-            if rule_doc.id in seen_ids:
+            if rule_doc.id in plan.kept_ids:
                 errors.append((f"{where}.id", f"rule id {rule_doc.id} appears twice"))
-            elif rule_doc.id not in existing_rules:
-                errors.append(
-                    (
-                        f"{where}.id",
-                        f"no rule {rule_doc.id} in this tenant; leave id out to add one",
-                    )
-                )
-            seen_ids.add(rule_doc.id)
-        candidate = Rule(tenant=tenant, **_rule_fields(rule_doc), agent=agents.get(agent_name))
+            elif rule_doc.id not in plan.existing_rules:
+                message = f"no rule {rule_doc.id} in this tenant; leave id out to add one"
+                errors.append((f"{where}.id", message))
+            plan.kept_ids.add(rule_doc.id)
+        candidate = Rule(tenant=tenant, **_rule_fields(rule_doc), agent=plan.agents.get(agent_name))
         try:
             rule_compile(rule_spec(candidate))
         except PolicyError as exc:
             errors.append((f"{where}.{exc.field}", exc.message))
+        plan.placed.append((rule_doc, role_name, agent_name))
     if errors:
         raise PolicyImportError(errors)
+    return plan
 
+
+def _apply(doc: PolicyDoc, plan: _Plan, tenant: Tenant) -> ImportSummary:
     summary = ImportSummary()
-    with transaction.atomic():
-        roles = {r.name: r for r in Role.objects.select_for_update().filter(tenant=tenant)}
-        for role_doc in doc.roles:
-            role = roles.get(role_doc.name)
-            if role is None:
-                roles[role_doc.name] = Role.objects.create(
-                    tenant=tenant, name=role_doc.name, description=role_doc.description
-                )
-                summary.roles["created"] += 1
-            elif role.description != role_doc.description:
-                role.description = role_doc.description
-                role.save(update_fields=["description"])
-                summary.roles["updated"] += 1
-            roles[role_doc.name].agents.set([agents[n] for n in role_doc.agents])
-        stale = set(existing_rules) - seen_ids
-        Rule.objects.filter(id__in=stale).delete()
-        summary.rules["deleted"] = len(stale)
-        for _, rule_doc, role_name, agent_name in placed:
-            fields = {
-                **_rule_fields(rule_doc),
-                "role": roles[role_name] if role_name else None,
-                "agent": agents[agent_name] if agent_name else None,
-            }
-            if rule_doc.id is None:
-                Rule.objects.create(tenant=tenant, **fields)
-                summary.rules["created"] += 1
-            else:
-                rule = existing_rules[rule_doc.id]
-                if any(getattr(rule, k) != v for k, v in fields.items()):
-                    for key, value in fields.items():
-                        setattr(rule, key, value)
-                    rule.save()
-                    summary.rules["updated"] += 1
-        # Last: deleting a role deletes its rules, and the document may have moved some of them
-        # to another role (a renamed role keeps its rules' ids).
-        for name in set(roles) - role_names:
-            roles.pop(name).delete()
-            summary.roles["deleted"] += 1
-        if dry_run:
-            transaction.set_rollback(True)  # counted, not kept
-        else:
-            tenant_version_bump(tenant_id=tenant.id)
+    roles = {r.name: r for r in Role.objects.select_for_update().filter(tenant=tenant)}
+    for role_doc in doc.roles:
+        role = roles.get(role_doc.name)
+        if role is None:
+            roles[role_doc.name] = Role.objects.create(
+                tenant=tenant, name=role_doc.name, description=role_doc.description
+            )
+            summary.roles["created"] += 1
+        elif role.description != role_doc.description:
+            role.description = role_doc.description
+            role.save(update_fields=["description"])
+            summary.roles["updated"] += 1
+        roles[role_doc.name].agents.set([plan.agents[n] for n in role_doc.agents])
+    stale = set(plan.existing_rules) - plan.kept_ids
+    Rule.objects.filter(id__in=stale).delete()
+    summary.rules["deleted"] = len(stale)
+    for rule_doc, role_name, agent_name in plan.placed:
+        fields = {
+            **_rule_fields(rule_doc),
+            "role": roles[role_name] if role_name else None,
+            "agent": plan.agents[agent_name] if agent_name else None,
+        }
+        if rule_doc.id is None:
+            Rule.objects.create(tenant=tenant, **fields)
+            summary.rules["created"] += 1
+            continue
+        rule = plan.existing_rules[rule_doc.id]
+        if any(getattr(rule, k) != v for k, v in fields.items()):
+            for key, value in fields.items():
+                setattr(rule, key, value)
+            rule.save()
+            summary.rules["updated"] += 1
+    # Last: deleting a role deletes its rules, and the document may have moved some of them
+    # to another role (a renamed role keeps its rules' ids).
+    for name in set(roles) - plan.role_names:
+        roles.pop(name).delete()
+        summary.roles["deleted"] += 1
     return summary
 
 
