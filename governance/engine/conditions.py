@@ -30,9 +30,9 @@ Test = Callable[[Any], Verdict]
 OPERATORS = ("equals", "in", "prefix", "glob", "regex", "range", "host_in", "path_under")
 WILDCARD = object()  # a [*] step
 MISSING = object()  # where a path reaches no value
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
-_RE2_OPTIONS.dot_nl = True
+RE2_OPTIONS = re2.Options()  # quiet on bad patterns; "." matches newlines too
+RE2_OPTIONS.log_errors = False
+RE2_OPTIONS.dot_nl = True
 _PATH_STEP = re.compile(r'\.([A-Za-z_][A-Za-z0-9_-]*)|\[(\d+|\*)\]|\[("(?:[^"\\]|\\.)*")\]')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -243,7 +243,7 @@ def glob_to_re2(glob: str) -> str:
 
 def re2_compile(pattern: str, field: str = "value") -> Any:
     try:
-        return re2.compile(pattern, _RE2_OPTIONS)
+        return re2.compile(pattern, RE2_OPTIONS)
     except re2.error as exc:
         reason = exc.args[0] if exc.args else exc
         reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)

@@ -23,7 +23,7 @@ from typing import Any
 import re2
 
 from governance.engine.conditions import (
-    _RE2_OPTIONS,
+    RE2_OPTIONS,
     Condition,
     ConditionError,
     ConditionSpec,
@@ -154,7 +154,7 @@ class _KindIndex:
     def __init__(self, rules: list[CompiledRule]) -> None:
         self.rules = rules
         self.has_shadow = any(rule.shadow for rule in rules)
-        self.matcher = re2.Set.FullMatchSet(_RE2_OPTIONS)
+        self.matcher = re2.Set.FullMatchSet(RE2_OPTIONS)
         for rule in rules:
             self.matcher.Add(glob_to_re2(rule.spec.resource))
         self.matcher.Compile()
@@ -276,9 +276,6 @@ class AgentPolicy:
             for rule in self._candidates(kind, name)
         )
         return Explanation(self.decide(kind, name, arguments, now=now), traces)
-
-
-EMPTY_POLICY = AgentPolicy(())
 
 
 @dataclass
