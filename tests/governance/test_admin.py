@@ -8,9 +8,10 @@ import json
 import pytest
 from django.urls import reverse
 
-from governance.models import Agent, Rule, Tenant
-from governance.services.agents import agent_create, tenant_create
+from governance.models import Agent, Rule
+from governance.services.agents import tenant_create
 from governance.services.policy import role_create, rule_create
+from tests.governance.conftest import version
 
 pytestmark = pytest.mark.django_db
 
@@ -22,20 +23,6 @@ TRY = "admin:governance_rule_try"
 def fast_passwords(settings):
     """admin_client's user logs in with a password; PBKDF2 would cost 0.2 s a test."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture
-def tenant():
-    return tenant_create(slug="acme")
-
-
-@pytest.fixture
-def alice(tenant):
-    return agent_create(tenant=tenant, name="alice")
-
-
-def version(tenant) -> int:
-    return Tenant.objects.get(id=tenant.id).version
 
 
 def rule_form(tenant, **fields) -> dict:

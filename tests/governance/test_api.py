@@ -6,25 +6,16 @@ import yaml
 from rest_framework.test import APIClient
 
 from audit.models import AuditRecord
-from governance.models import Rule, Tenant
+from governance.models import Rule
 from governance.services.agents import agent_create, tenant_create
 from governance.services.policy import policy_export, role_create, rule_create
+from tests.governance.conftest import version
 
 pytestmark = pytest.mark.django_db
 
 CHECK = "/api/v1/tenants/acme/policy/check"
 POLICY = "/api/v1/tenants/acme/policy"
 ON_MAIN = [{"path": "$.branch", "op": "equals", "value": "main"}]
-
-
-@pytest.fixture
-def tenant():
-    return tenant_create(slug="acme")
-
-
-@pytest.fixture
-def alice(tenant):
-    return agent_create(tenant=tenant, name="alice")
 
 
 @pytest.fixture
@@ -57,10 +48,6 @@ def api(admin_user):
 
 def basic(username: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-
-
-def version(tenant) -> int:
-    return Tenant.objects.get(id=tenant.id).version
 
 
 def check(client, **body):

@@ -10,18 +10,14 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from governance.models import Role, Rule, Tenant
-from governance.services.agents import agent_create, tenant_create
+from governance.models import Role, Rule
+from governance.services.agents import agent_create
 from governance.services.policy import policy_export, role_create, rule_create
+from tests.governance.conftest import version
 
 pytestmark = pytest.mark.django_db
 
 ON_MAIN = [{"path": "$.branch", "op": "equals", "value": "main"}]
-
-
-@pytest.fixture
-def tenant():
-    return tenant_create(slug="acme")
 
 
 @pytest.fixture
@@ -41,10 +37,6 @@ def check(*args) -> tuple[int, str]:
     with pytest.raises(SystemExit) as exited:
         call_command("policy_check", "--tenant", "acme", *args, stdout=out)
     return exited.value.code, out.getvalue()
-
-
-def version(tenant) -> int:
-    return Tenant.objects.get(id=tenant.id).version
 
 
 # --- rule_add -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from django.db import IntegrityError
 
 from governance import selectors
 from governance.engine.policy import Effect
-from governance.models import Role, Rule, Tenant
+from governance.models import Role, Rule
 from governance.services import policy as policy_services
 from governance.services.agents import agent_create, tenant_create
 from governance.services.policy import (
@@ -23,6 +23,7 @@ from governance.services.policy import (
     rule_create,
     rule_delete,
 )
+from tests.governance.conftest import version
 
 pytestmark = pytest.mark.django_db
 
@@ -30,11 +31,6 @@ UNDER_REPOS = [{"path": "$.repo_path", "op": "path_under", "value": "/srv/repos"
 ON_MAIN = [{"path": "$.branch", "op": "in", "value": ["main", "master"]}]
 FROM = datetime(2025, 1, 1, tzinfo=UTC)
 UNTIL = datetime(2030, 1, 1, 12, 30, tzinfo=UTC)
-
-
-@pytest.fixture
-def tenant():
-    return tenant_create(slug="acme")
 
 
 @pytest.fixture
@@ -99,10 +95,6 @@ def populated(tenant, agents, other):
         ),
     ]
     return {"rules": rules, "developer": developer, "release": release}
-
-
-def version(tenant) -> int:
-    return Tenant.objects.get(id=tenant.id).version
 
 
 def snapshot(tenant):

@@ -2,16 +2,16 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from governance import selectors
-from governance.models import AgentToken, Tenant
+from governance.models import AgentToken
 from governance.services.agents import (
     agent_create,
-    tenant_create,
     token_digest,
     token_issue,
     token_revoke,
 )
 from governance.services.policy import rule_create
 from governance.services.toolservers import tool_catalog_sync, tool_fingerprint, toolserver_add
+from tests.governance.conftest import version
 
 pytestmark = pytest.mark.django_db
 
@@ -20,15 +20,6 @@ TIME_TOOL = {
     "description": "Get the time",
     "inputSchema": {"type": "object", "properties": {"timezone": {"type": "string"}}},
 }
-
-
-@pytest.fixture
-def tenant():
-    return tenant_create(slug="acme")
-
-
-def version(tenant) -> int:
-    return Tenant.objects.get(id=tenant.id).version
 
 
 def test_tokens_are_stored_hashed_and_shown_once(tenant):
