@@ -13,7 +13,6 @@ from governance.engine.policy import (
     PolicyError,
     RuleSpec,
     TenantPolicy,
-    fail_closed,
 )
 from governance.engine.types import (
     AgentEntry,
@@ -95,13 +94,15 @@ def tenant_state_get(*, tenant_id: int) -> TenantState:
 
 
 def rule_spec(rule: Rule) -> RuleSpec:
-    """A stored rule as the engine reads it; raises PolicyError if it cannot be read."""
-    try:
-        conditions = conditions_parse(rule.conditions)
-    except ConditionError as exc:
-        raise PolicyError(f"conditions{exc.field}", exc.message) from None
+    """A stored rule as the engine reads it. Unreadable conditions are carried, for
+    ``rule_compile`` to report (and a tenant's policy to fail closed on); an unknown effect
+    raises PolicyError, as there is nothing to enforce."""
     if rule.effect not in EFFECTS:
         raise PolicyError("effect", f"one of {', '.join(Effect)}")
+    try:
+        conditions, unreadable = conditions_parse(rule.conditions), None
+    except ConditionError as exc:
+        conditions, unreadable = (), (f"conditions{exc.field}", exc.message)
     return RuleSpec(
         id=rule.id or 0,
         effect=Effect(rule.effect),
@@ -114,6 +115,7 @@ def rule_spec(rule: Rule) -> RuleSpec:
         valid_until=rule.valid_until,
         shadow=rule.shadow,
         description=rule.description,
+        unreadable=unreadable,
     )
 
 
@@ -125,16 +127,6 @@ def tenant_policy_get(*, tenant_id: int) -> TenantPolicy:
             rules.append(rule_spec(rule))
         except PolicyError as exc:
             broken[rule.id] = str(exc)
-            if rule.effect in EFFECTS:
-                fallback = RuleSpec(
-                    id=rule.id,
-                    effect=Effect(rule.effect),
-                    resource=rule.resource,
-                    agent_id=rule.agent_id,
-                    role_id=rule.role_id,
-                    shadow=rule.shadow,
-                )
-                rules.extend(filter(None, [fail_closed(fallback)]))
     roles: dict[int, set[int]] = {}
     memberships = Agent.roles.through.objects.filter(agent__tenant_id=tenant_id)
     for agent_id, role_id in memberships.values_list("agent_id", "role_id"):

@@ -74,6 +74,8 @@ class RuleSpec:
     valid_until: datetime | None = None
     shadow: bool = False
     description: str = ""
+    # (field, message) when the stored conditions could not be read: compiling reports it.
+    unreadable: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,8 @@ class CompiledRule:
 
 def rule_compile(spec: RuleSpec) -> CompiledRule:
     """Validate and compile one rule; raises PolicyError naming the faulty field."""
+    if spec.unreadable is not None:
+        raise PolicyError(*spec.unreadable)
     if not isinstance(spec.effect, Effect):
         raise PolicyError("effect", f"one of {', '.join(e.value for e in Effect)}")
     if spec.resource_kind not in RESOURCE_KINDS:
@@ -338,4 +342,6 @@ def fail_closed(spec: RuleSpec) -> RuleSpec | None:
     if not spec.resource or spec.shadow:
         return None
     effect = Effect(spec.effect)
-    return replace(spec, effect=effect, conditions=(), valid_from=None, valid_until=None)
+    return replace(
+        spec, effect=effect, conditions=(), valid_from=None, valid_until=None, unreadable=None
+    )

@@ -703,3 +703,25 @@ def test_an_unknown_format_is_refused(tenant):
     with pytest.raises(PolicyImportError) as refused:
         policy_import(tenant=tenant, text="format: 2\n")
     assert [where for where, _ in refused.value.errors] == ["format"]
+
+
+def test_stored_rules_edited_behind_the_application_fail_closed(tenant, alice):
+    """SQL edits the application never validated: unreadable conditions on a deny make it
+    apply to its whole glob, on an allow make it do nothing; an unknown effect does nothing."""
+    deny = rule_create(tenant=tenant, effect="deny", resource="git__push", conditions=ON_MAIN)
+    allow = rule_create(tenant=tenant, effect="allow", resource="git__*")
+    odd = rule_create(tenant=tenant, effect="allow", resource="time__*")
+    Rule.objects.filter(id=deny.id).update(conditions={"not": "a list"})
+    Rule.objects.filter(id=allow.id).update(conditions=[{"path": "$.x", "op": "nope", "value": 1}])
+    Rule.objects.filter(id=odd.id).update(effect="maybe")
+
+    policy = selectors.tenant_policy_get(tenant_id=tenant.id)
+    assert set(policy.broken) == {deny.id, allow.id, odd.id}
+    assert policy.broken[deny.id].startswith("conditions: ")
+    assert policy.broken[allow.id].startswith("conditions[0].op: unknown operator")
+    assert policy.broken[odd.id].startswith("effect: ")
+    decide = policy.for_agent(alice.id).decide
+    pushed = decide("tool", "git__push", {"branch": "dev"}, now=time.time())
+    assert (pushed.effect, pushed.rule_id) == (Effect.DENY, deny.id)
+    assert decide("tool", "git__status", {}, now=time.time()).rule_id is None
+    assert decide("tool", "time__now", {}, now=time.time()).rule_id is None
