@@ -210,8 +210,7 @@ async def test_the_audit_record_names_the_rule_and_keeps_shadow_verdicts(gateway
     assert record["policy_version"] is not None
 
 
-def admin_session(gateway: Gateway) -> httpx2.Client:
-    """A logged-in Django admin session on the live server."""
+def ensure_admin(gateway: Gateway) -> None:
     with_password = replace(
         gateway, env={**gateway.env, "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD}
     )
@@ -224,6 +223,11 @@ def admin_session(gateway: Gateway) -> httpx2.Client:
         "a@example.test",
         check=False,  # exists already when the module reruns
     )
+
+
+def admin_session(gateway: Gateway) -> httpx2.Client:
+    """A logged-in Django admin session on the live server."""
+    ensure_admin(gateway)
     session = httpx2.Client(base_url=gateway.base, follow_redirects=False, timeout=10)
     session.get("/admin/login/")
     answer = session.post(
@@ -307,3 +311,58 @@ async def test_a_change_reaches_connected_agents_on_every_gateway_process(gatewa
         second.process.terminate()
         second.process.wait(timeout=10)
         import_policy(gateway, beta)  # as it was
+
+
+async def test_the_policy_api_checks_and_refuses_bad_documents_on_the_live_server(
+    gateway, beta, imported
+):
+    """The REST API with HTTP Basic, as a CI pipeline uses it: a check names the rule; a bad
+    document is refused with every problem's place, changes nothing, and a connected agent
+    goes on as before."""
+    await asyncio.to_thread(ensure_admin, gateway)
+    api = httpx2.Client(
+        base_url=f"{gateway.base}/api/v1/tenants/{TENANT}",
+        auth=("policy-admin", ADMIN_PASSWORD),
+        timeout=10,
+    )
+    ids = rule_ids(gateway)
+    sandbox = str(beta["repos"] / "sandbox")
+    status = {"repo_path": sandbox}
+    async with mcp_client(gateway, beta["token"], transport="ws", mode="legacy") as client:
+        checked = await asyncio.to_thread(
+            api.post,
+            "/policy/check",
+            json={
+                "agent": "pat",
+                "tool": "git__git_log",
+                "arguments": {**status, "max_count": 500},
+            },
+        )
+        assert checked.status_code == 200, checked.text
+        assert (checked.json()["decision"], checked.json()["rule_id"]) == (
+            "deny",
+            ids["no huge logs"],
+        )
+        before = await asyncio.to_thread(api.get, "/policy")
+        bad = (
+            "everyone:\n"
+            '  - {effect: allow, resource: "git__*",'
+            ' conditions: [{path: $.x, op: regex, value: "(?=x)"}]}\n'
+            "agents:\n"
+            '  nobody: [{effect: deny, resource: "*"}]\n'
+        )
+        refused = await asyncio.to_thread(
+            api.put, "/policy", content=bad, headers={"Content-Type": "application/yaml"}
+        )
+        assert refused.status_code == 400
+        assert {e["location"] for e in refused.json()["errors"]} == {
+            "everyone[0].conditions[0].value",
+            "agents.nobody",
+        }
+        broken_yaml = await asyncio.to_thread(
+            api.put, "/policy", content="roles: [", headers={"Content-Type": "application/yaml"}
+        )
+        assert broken_yaml.status_code == 400
+        assert broken_yaml.json()["errors"][0]["location"].startswith("line ")
+        assert (await asyncio.to_thread(api.get, "/policy")).text == before.text
+        assert (await outcome(client, "git__git_status", status))[0] == "ok"
