@@ -9,6 +9,7 @@ class AuditRecord(models.Model):
     class Kind(models.TextChoices):
         INTENT = "intent"  # the decision, durable before any upstream side effect
         OUTCOME = "outcome"  # what happened, durable before the reply is released
+        VERDICT = "verdict"  # a post-hoc (slow) guardrail verdict, written when it arrives
 
     class Decision(models.TextChoices):
         ALLOW = "allow"
@@ -19,6 +20,8 @@ class AuditRecord(models.Model):
         OK = "ok"
         TOOL_ERROR = "tool_error"  # the upstream answered with isError
         DENIED = "denied"
+        BLOCKED = "blocked"  # a guardrail blocked the arguments or withheld the result
+        RATE_LIMITED = "rate_limited"
         TIMEOUT = "timeout"
         UPSTREAM_DOWN = "upstream_down"
         UPSTREAM_ERROR = "upstream_error"  # the upstream answered with a JSON-RPC error
@@ -42,6 +45,9 @@ class AuditRecord(models.Model):
     # Shadow rules that held and the decision they would make: {"rules", "effect", "rule"}.
     shadow = models.JSONField(default=dict, blank=True)
     policy_version = models.PositiveBigIntegerField(null=True)  # the tenant version decided on
+    # Each guardrail verdict of this step: {"check", "stage", "action", "verdict", "findings"}.
+    guardrails = models.JSONField(default=list, blank=True)
+    flagged = models.BooleanField(default=False)  # a guardrail found something
     outcome = models.CharField(max_length=16, choices=Outcome.choices, blank=True)
     error = models.TextField(blank=True)
     result_digest = models.CharField(max_length=64, blank=True)

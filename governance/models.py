@@ -100,6 +100,10 @@ class Tool(models.Model):
     """A tool as its server last described it. The fingerprint covers name, description and
     schemas, so a changed description is a changed fingerprint."""
 
+    class Status(models.TextChoices):
+        APPROVED = "approved"
+        QUARANTINED = "quarantined", "quarantined: hidden and refused until approved"
+
     server = models.ForeignKey(ToolServer, on_delete=models.CASCADE, related_name="tools")
     name = models.CharField(max_length=200)
     title = models.CharField(max_length=200, blank=True)
@@ -110,6 +114,18 @@ class Tool(models.Model):
     fingerprint = models.CharField(max_length=64)
     discovered_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Rug-pull pinning: what an admin approved. Agents see and call only an approved tool,
+    # whose fingerprint equals the pinned one; any change quarantines it until re-approved.
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUARANTINED)
+    pinned = models.JSONField(
+        null=True, blank=True, help_text="The approved name, description and schemas."
+    )
+    pinned_fingerprint = models.CharField(max_length=64, blank=True)
+    approved_at = models.DateTimeField(null=True, blank=True)
+    approved_by = models.CharField(max_length=150, blank=True)
+    quarantine_reason = models.CharField(max_length=300, blank=True)
+    # Injection markers found in the description when it was last scanned (approval or sync).
+    findings = models.JSONField(default=list, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["server", "name"], name="tool_unique_name")]
@@ -192,3 +208,205 @@ class Rule(models.Model):
         target = self.agent.name if self.agent else f"role {self.role.name}" if self.role else "*"
         shadow = " (shadow)" if self.shadow else ""
         return f"#{self.pk} {self.effect} {self.resource} for {target}{shadow}"
+
+
+class Guardrail(models.Model):
+    """One check of the guardrail pipeline (docs/guardrails.md), named by ``name``. A row
+    with neither ``agent`` nor ``tool`` is the tenant's setting; a row with either overrides
+    it for the calls it matches. For a call, each check's most specific matching row decides
+    (agent and tool, then agent, then tool, then the tenant), its ``config`` laid over the
+    less specific ones'."""
+
+    class Check(models.TextChoices):
+        SCHEMA = "schema", "schema: arguments against the tool's pinned JSON Schema"
+        SIZE = "size", "size: bytes, nesting depth and item counts"
+        PII = "pii", "pii: emails, phones, cards, IBANs, national ids, IP addresses"
+        SECRETS = "secrets", "secrets: cloud keys, tokens, private keys, high entropy"
+        INJECTION = "injection", "injection: override phrases, hidden Unicode, exfil images"
+        DENY_PATTERNS = "deny_patterns", "deny patterns: the tenant's own RE2 patterns"
+        INJECTION_SIMILARITY = (
+            "injection_similarity",
+            "injection similarity (slow, Celery): embedding model vs a known corpus",
+        )
+
+    class Stage(models.TextChoices):
+        INPUT = "input", "input: the call's arguments"
+        OUTPUT = "output", "output: the tool's result"
+        BOTH = "both"
+
+    class Action(models.TextChoices):
+        BLOCK = "block", "block: refuse the call (input) or withhold the result (output)"
+        REDACT = "redact", "redact: replace what was found, then go on"
+        FLAG = "flag", "flag: record it in the audit trail, change nothing"
+
+    class FailureMode(models.TextChoices):
+        CLOSED = "closed", "fail closed: a check that errs or times out blocks"
+        OPEN = "open", "fail open: a check that errs or times out lets the call through"
+
+    class Mode(models.TextChoices):
+        BLOCKING = "blocking", "blocking: the call waits for the verdict (up to the timeout)"
+        POST_HOC = "post_hoc", "post-hoc: the call goes on; the verdict flags it afterwards"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="guardrails")
+    name = models.CharField("check", max_length=32, choices=Check.choices)
+    agent = models.ForeignKey(
+        Agent,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="guardrails",
+        help_text="Override for this agent only.",
+    )
+    tool = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Override for the tools this glob matches (<code>git__*</code>).",
+    )
+    enabled = models.BooleanField(default=True)
+    stage = models.CharField(max_length=8, choices=Stage.choices, default=Stage.BOTH)
+    action = models.CharField(max_length=8, choices=Action.choices, default=Action.BLOCK)
+    failure_mode = models.CharField(
+        max_length=8, choices=FailureMode.choices, default=FailureMode.CLOSED
+    )
+    mode = models.CharField(
+        max_length=8,
+        choices=Mode.choices,
+        default=Mode.BLOCKING,
+        help_text="Slow (Celery) checks only; inline checks always run in the call.",
+    )
+    timeout_seconds = models.FloatField(
+        default=2.0, help_text="Slow checks only: how long a blocking call waits."
+    )
+    config = models.JSONField(default=dict, blank=True, help_text="See docs/guardrails.md.")
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        scope = "/".join(s for s in (self.agent.name if self.agent else "", self.tool) if s)
+        return f"{self.name} ({scope or 'tenant'})"
+
+
+class RateLimit(models.Model):
+    """Calls per window and calls at once, counted per ``scope``. ``agent`` and ``tool``
+    narrow which calls it counts: scope agent with no filter is "each agent may make N
+    calls a minute"; scope tool with ``tool=git__commit`` is "git__commit, N a minute, for
+    the whole tenant"."""
+
+    class Scope(models.TextChoices):
+        TENANT = "tenant", "tenant: one counter for all matching calls"
+        AGENT = "agent", "agent: one counter per agent"
+        TOOL = "tool", "tool: one counter per tool"
+        AGENT_TOOL = "agent_tool", "agent and tool: one counter per agent per tool"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="rate_limits")
+    scope = models.CharField(max_length=12, choices=Scope.choices, default=Scope.AGENT)
+    agent = models.ForeignKey(
+        Agent,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="rate_limits",
+        help_text="Count only this agent's calls.",
+    )
+    tool = models.CharField(
+        max_length=200, blank=True, help_text="Count only calls of tools this glob matches."
+    )
+    calls = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many calls per window."
+    )
+    window_seconds = models.PositiveIntegerField(null=True, blank=True)
+    concurrent = models.PositiveIntegerField(
+        null=True, blank=True, help_text="At most this many calls in flight at once."
+    )
+    enabled = models.BooleanField(default=True)
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(models.Q(calls__isnull=True) & models.Q(window_seconds__isnull=True))
+                | (models.Q(calls__gt=0) & models.Q(window_seconds__gt=0)),
+                name="ratelimit_calls_with_window",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(calls__isnull=False) | models.Q(concurrent__gt=0),
+                name="ratelimit_limits_something",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        parts = []
+        if self.calls:
+            parts.append(f"{self.calls}/{self.window_seconds}s")
+        if self.concurrent:
+            parts.append(f"{self.concurrent} at once")
+        return f"{' and '.join(parts)} per {self.scope}"
+
+
+class Alert(models.Model):
+    """Something a reviewer should look at: a quarantined tool, a slow check's flag."""
+
+    class Kind(models.TextChoices):
+        TOOL_QUARANTINED = "tool_quarantined", "tool quarantined"
+        GUARDRAIL_FLAGGED = "guardrail_flagged", "guardrail flagged a call"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    title = models.CharField(max_length=300)
+    detail = models.JSONField(default=dict, blank=True)
+    call_id = models.UUIDField(null=True, blank=True, db_index=True)
+    tool = models.ForeignKey(
+        "Tool", null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True)
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class SlowCheck(models.Model):
+    """One slow (Celery) check of one call's input or output, and its verdict. The row is
+    the truth: the task is idempotent on it, and a sweep re-sends rows left pending."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DONE = "done"
+
+    class Verdict(models.TextChoices):
+        PASS = "pass"  # noqa: S105 - a verdict
+        FLAG = "flag"  # the check found something
+        ERROR = "error"  # the check itself failed (or gave up after its attempts)
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="slow_checks")
+    call_id = models.UUIDField()
+    guardrail = models.ForeignKey(
+        Guardrail, null=True, on_delete=models.SET_NULL, related_name="slow_checks"
+    )
+    name = models.CharField("check", max_length=32)
+    stage = models.CharField(max_length=8)  # input | output
+    mode = models.CharField(max_length=8)  # blocking | post_hoc
+    action = models.CharField(max_length=8)  # what a flag means: block | redact | flag
+    payload = models.JSONField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    verdict = models.CharField(max_length=8, choices=Verdict.choices, blank=True)
+    score = models.FloatField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["call_id", "name", "stage"], name="slowcheck_once_per_call"
+            )
+        ]
+        indexes = [models.Index(fields=["status", "created_at"], name="slowcheck_pending")]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.stage} {self.call_id}: {self.verdict or self.status}"

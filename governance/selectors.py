@@ -6,6 +6,9 @@ import time
 from typing import Any
 
 from governance.engine.conditions import ConditionError, conditions_parse
+from governance.engine.guardrails.base import Action
+from governance.engine.guardrails.pipeline import GuardrailSpec, TenantGuardrails
+from governance.engine.limits import LimitSpec
 from governance.engine.policy import (
     EFFECTS,
     Effect,
@@ -22,7 +25,16 @@ from governance.engine.types import (
     ToolEntry,
     exposed_tool_name,
 )
-from governance.models import Agent, AgentToken, Rule, Tenant, Tool, ToolServer
+from governance.models import (
+    Agent,
+    AgentToken,
+    Guardrail,
+    RateLimit,
+    Rule,
+    Tenant,
+    Tool,
+    ToolServer,
+)
 
 
 def tenant_versions() -> dict[int, int]:
@@ -61,10 +73,14 @@ def tenant_state_get(*, tenant_id: int) -> TenantState:
         for s in ToolServer.objects.filter(tenant_id=tenant_id, enabled=True)
     }
     tools: dict[str, ToolEntry] = {}
+    quarantined: dict[str, str] = {}
     catalog = Tool.objects.filter(server_id__in=servers).order_by("server__name", "name")
     for tool in catalog:
         server = servers[tool.server_id]
         exposed = exposed_tool_name(server.name, tool.name)
+        if tool.status != Tool.Status.APPROVED:
+            quarantined.setdefault(exposed, tool.quarantine_reason or "not approved yet")
+            continue
         # setdefault: two upstream names that sanitise alike keep the first, deterministically.
         tools.setdefault(
             exposed,
@@ -88,8 +104,47 @@ def tenant_state_get(*, tenant_id: int) -> TenantState:
         tokens=tokens,
         servers=servers,
         tools=dict(sorted(tools.items())),
+        quarantined={name: why for name, why in quarantined.items() if name not in tools},
         policy=tenant_policy_get(tenant_id=tenant_id),
         denial_detail=tenant.denial_detail,
+        guardrails=tenant_guardrails_get(tenant_id=tenant_id),
+        rate_limits=rate_limits_get(tenant_id=tenant_id),
+    )
+
+
+def tenant_guardrails_get(*, tenant_id: int) -> TenantGuardrails:
+    return TenantGuardrails(
+        GuardrailSpec(
+            id=g.id,
+            name=g.name,
+            agent_id=g.agent_id,
+            tool=g.tool,
+            enabled=g.enabled,
+            stage=g.stage,
+            action=Action(g.action),
+            failure_mode=g.failure_mode,
+            mode=g.mode,
+            timeout_seconds=g.timeout_seconds,
+            config=g.config if isinstance(g.config, dict) else {"": g.config},
+        )
+        for g in Guardrail.objects.filter(tenant_id=tenant_id).order_by("id")
+    )
+
+
+def rate_limits_get(*, tenant_id: int) -> tuple[LimitSpec, ...]:
+    return tuple(
+        LimitSpec(
+            id=r.id,
+            tenant_id=tenant_id,
+            scope=r.scope,
+            agent_id=r.agent_id,
+            tool=r.tool,
+            calls=r.calls,
+            window_seconds=r.window_seconds,
+            concurrent=r.concurrent,
+            description=r.description,
+        )
+        for r in RateLimit.objects.filter(tenant_id=tenant_id, enabled=True).order_by("id")
     )
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from governance.engine.guardrails.pipeline import TenantGuardrails
+from governance.engine.limits import LimitSpec
 from governance.engine.policy import TenantPolicy
 
 TOOL_SEPARATOR = "__"
@@ -97,5 +99,9 @@ class TenantState:
     tokens: dict[str, TokenEntry] = field(default_factory=dict)  # by SHA-256 hex digest
     servers: dict[int, ServerSpec] = field(default_factory=dict)
     tools: dict[str, ToolEntry] = field(default_factory=dict)  # by exposed name, sorted
+    # Tools held back until an admin approves them (rug-pull pinning): exposed name → reason.
+    quarantined: dict[str, str] = field(default_factory=dict)
+    guardrails: TenantGuardrails = field(default_factory=TenantGuardrails)
+    rate_limits: tuple[LimitSpec, ...] = ()
     policy: TenantPolicy = field(default_factory=TenantPolicy)
     denial_detail: str = "rule"  # minimal | rule | full: what a denied agent is told

@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from governance.models import Agent, AgentToken, Tenant
+from governance.services.guardrails import guardrail_defaults_create
 from governance.services.versions import tenant_version_bump
 
 TOKEN_PREFIX = "wa_"  # noqa: S105 - a prefix, not a secret
@@ -26,8 +27,12 @@ class IssuedToken:
     record: AgentToken
 
 
+@transaction.atomic
 def tenant_create(*, slug: str, name: str = "") -> Tenant:
-    return Tenant.objects.create(slug=slug, name=name or slug)
+    """A new tenant, with the default guardrails on."""
+    tenant = Tenant.objects.create(slug=slug, name=name or slug)
+    guardrail_defaults_create(tenant=tenant)
+    return tenant
 
 
 @transaction.atomic

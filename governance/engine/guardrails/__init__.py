@@ -1,0 +1,1 @@
+"""Guardrails: inline checks over a call's arguments and results (pure, no Django, no I/O)."""
