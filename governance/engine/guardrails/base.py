@@ -122,14 +122,22 @@ class Payload:
         return shape
 
     def replaced(self, replacements: Mapping[Path, str]) -> Json:
-        """A copy of the value with the strings at these paths replaced."""
-        value = copy.deepcopy(self.value)
+        """A copy of the value with the strings at these paths replaced. Only the containers
+        on the way to a replaced string are copied (iteratively: ``copy.deepcopy`` recurses,
+        and overflows the stack on a deeply nested payload); the rest is shared, and the
+        original value is left as it was."""
+        if () in replacements:
+            return replacements[()]
+        value = copy.copy(self.value)
+        fresh = {id(value)}  # the containers copied so far (all kept alive by ``value``)
         for path, text in replacements.items():
-            if not path:
-                return text
             parent = value
             for step in path[:-1]:
-                parent = parent[step]
+                child = parent[step]
+                if id(child) not in fresh:
+                    child = parent[step] = copy.copy(child)
+                    fresh.add(id(child))
+                parent = child
             parent[path[-1]] = text
         return value
 
@@ -167,17 +175,26 @@ class InlineCheck(ABC):
         texts = dict(payload.shape.strings)
         replacements = {}
         for path, found in by_path.items():
-            text = texts[path]
-            # Right to left, so earlier spans keep their offsets; overlaps merge into one.
-            end = len(text) + 1
-            for finding in sorted(found, key=lambda f: f.span or (0, 0), reverse=True):
+            # Overlapping spans merge into one, replaced as the longest of them would be.
+            merged: list[tuple[int, int, Finding]] = []
+            for finding in sorted(found, key=lambda f: f.span or (0, 0)):
                 start, stop = finding.span or (0, 0)
-                stop = min(stop, end)
                 if start >= stop:
                     continue
-                text = f"{text[:start]}{self.replacement(finding)}{text[stop:]}"
-                end = start
-            replacements[path] = text
+                if merged and start < merged[-1][1]:
+                    first, last, widest = merged[-1]
+                    wide = widest.span or (0, 0)
+                    if stop - start > wide[1] - wide[0]:
+                        widest = finding
+                    merged[-1] = (first, max(last, stop), widest)
+                else:
+                    merged.append((start, stop, finding))
+            text, parts, done = texts[path], [], 0
+            for start, stop, finding in merged:
+                parts += [text[done:start], self.replacement(finding)]
+                done = stop
+            parts.append(text[done:])
+            replacements[path] = "".join(parts)
         return payload.replaced(replacements)
 
     def replacement(self, finding: Finding) -> str:

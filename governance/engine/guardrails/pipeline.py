@@ -101,9 +101,12 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class Inspection:
-    value: Json
+    value: Json  # what goes on: redacted where a check redacted
     verdicts: tuple[Verdict, ...] = ()
     blocked: Verdict | None = None
+    # What the audit trail keeps: ``value`` with what flagging or blocking checks found
+    # redacted too, so a flagged secret is not written to disk in the clear.
+    recorded: Json = None
 
     @property
     def flagged(self) -> bool:
@@ -141,16 +144,37 @@ class Pipeline:
     def inspect(self, stage: Stage, value: Json, context: Context) -> Inspection:
         checks = self.inline[stage]
         if not checks:
-            return Inspection(value)
-        payload, verdicts = Payload(value), []
+            return Inspection(value, recorded=value)
+        payload, verdicts, unredacted = Payload(value), [], []
         for bound in checks:
             verdict, redacted = _run(bound, payload, context)
             verdicts.append(verdict)
-            if verdict.outcome is Outcome.BLOCK:
-                return Inspection(payload.value, tuple(verdicts), verdict)
             if redacted is not None:
                 payload = Payload(redacted)  # later checks see the redacted value
-        return Inspection(payload.value, tuple(verdicts))
+            elif verdict.findings and bound.check is not None:
+                unredacted.append(bound.check)
+            if verdict.outcome is Outcome.BLOCK:
+                break
+        blocked = verdicts[-1] if verdicts[-1].outcome is Outcome.BLOCK else None
+        return Inspection(
+            payload.value, tuple(verdicts), blocked, _recorded(payload, unredacted, context)
+        )
+
+
+def _recorded(payload: Payload, checks: list[InlineCheck], context: Context) -> Json:
+    """The payload for the audit trail: what flagging or blocking checks found, redacted
+    where those checks can redact (scanned afresh: a later redaction may have moved it)."""
+    recorded = payload
+    for check in checks:
+        try:
+            findings = check.scan(recorded, context)
+            redacted = check.redact(recorded, findings) if findings else None
+        except Exception:
+            logger.exception("redacting %s findings for the audit trail failed", check.name)
+            continue
+        if redacted is not None:
+            recorded = Payload(redacted)
+    return recorded.value
 
 
 def _bind(spec: GuardrailSpec) -> _Bound:
