@@ -29,6 +29,7 @@ lint: $(INSTALLED)
 test: $(INSTALLED) lint
 	$(BIN)/python manage.py check
 	$(BIN)/python manage.py makemigrations --check --dry-run
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(BIN)/pytest
 
 clean:
