@@ -136,6 +136,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_in": str(DATA_DIR / "celery-broker"),
         "data_folder_out": str(DATA_DIR / "celery-broker"),
         "processed_folder": str(DATA_DIR / "celery-processed"),
+        "control_folder": str(DATA_DIR / "celery-control"),  # not ./control in the checkout
         "store_processed": False,
     }
 )
@@ -148,6 +149,19 @@ for _folder in _celery_folders:
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Billiard waits this long before requeueing the task of a killed pool child (its default: 10 s).
+CELERY_WORKER_LOST_WAIT = env_float("CELERY_WORKER_LOST_WAIT", 2.0, minimum=0.1)
+# How often pending slow checks left by a dead worker are re-sent. Run exactly one beat: the
+# embedded worker has it built in (-B); in production, one `celery -A orchestrator beat`.
+SLOW_CHECK_SWEEP_SECONDS = env_float("SLOW_CHECK_SWEEP_SECONDS", 15.0, minimum=1.0)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-slow-checks": {
+        "task": "governance.sweep_slow_checks",
+        "schedule": SLOW_CHECK_SWEEP_SECONDS,
+        "kwargs": {"older_than_seconds": 30},
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
 REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -183,6 +197,17 @@ UPSTREAM_BACKOFF_MAX = env_float("UPSTREAM_BACKOFF_MAX", 10.0, minimum=0.0)
 # How often an idle upstream session is re-listed: its liveness check, and the watch for tools
 # that change mid-session.
 UPSTREAM_WATCH_SECONDS = env_float("UPSTREAM_WATCH_SECONDS", 5.0, minimum=0.1)
+
+# --- guardrails ----------------------------------------------------------------------------
+# How often a call waiting on a blocking slow (Celery) check looks for its verdict.
+SLOW_CHECK_POLL_SECONDS = env_float("SLOW_CHECK_POLL_SECONDS", 0.05, minimum=0.005)
+# A slow check started this many times (its worker killed each time) gives up with an error.
+SLOW_CHECK_MAX_ATTEMPTS = env_int("SLOW_CHECK_MAX_ATTEMPTS", 3, minimum=1)
+# Modules that register more slow checks (a deployment's own; the tests add a slow one).
+SLOW_CHECKS_EXTRA = env_list("SLOW_CHECKS_EXTRA", [])
+# Load slow-check models as each Celery pool child starts (~4.5 s and ~0.4 GB per child)
+# rather than on the first check, which would otherwise outlast a blocking check's timeout.
+SLOW_CHECK_PRELOAD = env_bool("SLOW_CHECK_PRELOAD", False)
 
 # Where `manage.py serve` (and so `make run`) listens.
 HOST = env_str("HOST", "127.0.0.1")

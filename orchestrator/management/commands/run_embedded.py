@@ -38,7 +38,7 @@ class Command(BaseCommand):
             children["worker"] = [
                 sys.executable, "-m", "celery", "-A", "orchestrator",
                 "--quiet",  # no banner: the one a new user must read is ours
-                "worker", "--loglevel", "WARNING", "--concurrency", "2",
+                "worker", "--loglevel", "WARNING", "--concurrency", "2", "-B",
                 "--hostname", "embedded@%h",
             ]  # fmt: skip
         supervisor = Supervisor(children, log=self.stdout.write)
