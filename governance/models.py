@@ -325,13 +325,20 @@ class RateLimit(models.Model):
 
     class Meta:
         constraints = [
+            # Explicit IS NOT NULL: a CHECK lets a NULL comparison through.
             models.CheckConstraint(
-                condition=(models.Q(calls__isnull=True) & models.Q(window_seconds__isnull=True))
-                | (models.Q(calls__gt=0) & models.Q(window_seconds__gt=0)),
+                condition=models.Q(calls__isnull=True, window_seconds__isnull=True)
+                | models.Q(
+                    calls__isnull=False,
+                    window_seconds__isnull=False,
+                    calls__gt=0,
+                    window_seconds__gt=0,
+                ),
                 name="ratelimit_calls_with_window",
             ),
             models.CheckConstraint(
-                condition=models.Q(calls__isnull=False) | models.Q(concurrent__gt=0),
+                condition=models.Q(calls__isnull=False)
+                | models.Q(concurrent__isnull=False, concurrent__gt=0),
                 name="ratelimit_limits_something",
             ),
         ]

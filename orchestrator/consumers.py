@@ -22,7 +22,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from orchestrator.auth import bearer_token, header, origin_allowed
-from orchestrator.gateway import AgentContext, AuthError, Gateway, get_gateway
+from orchestrator.gateway import RATE_LIMITED_CODE, AgentContext, AuthError, Gateway, get_gateway
 from orchestrator.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "mcp"
 CLOSE_UNAUTHORIZED = 4401
+MAX_INFLIGHT_CALLS = 64  # tools/call running at once on one connection
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
@@ -130,6 +131,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
                         INVALID_REQUEST,
                         f"request id {message.id!r} is already in use",
                         request_id=message.id,
+                    ).response()
+                )
+            elif message.method == "tools/call" and len(self.inflight) >= MAX_INFLIGHT_CALLS:
+                # One connection cannot pile up unbounded work on the process's event loop.
+                await self.send_json(
+                    JsonRpcError(
+                        RATE_LIMITED_CODE,
+                        f"too many calls in flight on this connection (at most "
+                        f"{MAX_INFLIGHT_CALLS}); wait for an answer first",
+                        request_id=message.id,
+                        data={"retryAfterSeconds": 1},
                     ).response()
                 )
             elif message.method == "tools/call":

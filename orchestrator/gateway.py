@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,11 +32,15 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from audit.models import AuditRecord
 from audit.writer import AuditWriter
 from governance import selectors
+from governance.engine.guardrails.base import Action, Context, Finding, Outcome, Stage
+from governance.engine.guardrails.pipeline import GuardrailSpec, Inspection, Pipeline, Verdict
 from governance.engine.policy import AgentPolicy, Decision, Effect
 from governance.engine.types import ServerSpec, TenantState, ToolEntry
 from governance.services.agents import token_digest
+from governance.services.slowchecks import SlowVerdict, slow_checks_submit, slow_checks_verdicts
 from governance.services.toolservers import tool_catalog_sync
 from governance.services.versions import GOVERNANCE_GROUP
+from orchestrator.ratelimit import RateLimited, RateLimiter, RateLimitUnavailable
 from orchestrator.upstream.pool import UpstreamError, UpstreamPool, UpstreamRpcError
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,9 @@ PERMISSION_DENIED = -32001
 APPROVAL_REQUIRED = -32002
 UPSTREAM_UNAVAILABLE = -32003
 UPSTREAM_TIMEOUT = -32004
+TOOL_QUARANTINED = -32005
+GUARDRAIL_BLOCKED = -32006
+RATE_LIMITED_CODE = -32007
 UNKNOWN_TOOL = -32602  # what the MCP spec prescribes for an unknown tool name
 
 
@@ -102,6 +109,9 @@ class Gateway:
         self._refreshing = asyncio.Lock()
         self.page_size = settings.MCP_PAGE_SIZE
         self.audit = AuditWriter(batch_max=settings.AUDIT_BATCH_MAX)
+        self.limiter = RateLimiter(
+            redis_url=settings.REDIS_URL, lease_seconds=settings.MCP_CALL_TIMEOUT_SECONDS + 60
+        )
         self.upstreams = UpstreamPool(
             on_catalog=self._catalog_seen,
             backoff_initial=settings.UPSTREAM_BACKOFF_INITIAL,
@@ -122,6 +132,7 @@ class Gateway:
                 task.cancel()
         await self.audit.flush()
         await self.upstreams.close()
+        await self.limiter.close()
 
     async def _in_db(self, fn: Callable[..., Any], /, **kwargs: Any) -> Any:
         def run() -> Any:
@@ -264,83 +275,141 @@ class Gateway:
     ) -> dict[str, Any]:
         """Govern and run one tools/call. Returns the CallToolResult, or raises CallError.
 
-        The intent record is durable before the upstream is called and the outcome record
-        before this returns; a cancelled call still gets its outcome record.
+        Decide, count against rate limits, inspect the arguments, record the intent (durable
+        before the upstream is called), run slow input checks, call, inspect the result,
+        record the outcome (durable before this returns). A cancelled call still gets its
+        outcome record.
         """
-        started_at, t0 = timezone.now(), time.perf_counter()
         state = self._states[ctx.tenant_id]
         tool = state.tools.get(name)
         policy = state.policy.for_agent(ctx.agent_id)
-        decision = (
-            policy.decide("tool", name, arguments, now=time.time())
-            if tool is not None
-            else Decision(Effect.DENY, "unknown tool")
-        )
-        intent = AuditRecord(
-            call_id=uuid.uuid4(),
-            kind=AuditRecord.Kind.INTENT,
-            tenant_id=ctx.tenant_id,
-            agent_id=ctx.agent_id,
-            agent_name=ctx.agent_name,
-            transport=meta.transport,
-            protocol_era=meta.protocol_era,
-            protocol_version=meta.protocol_version,
-            request_id=meta.request_id[:200],
-            tool=name[:300],
-            arguments=arguments,
-            decision=decision.effect,
-            reason=decision.reason[:500],
-            rule_id=decision.rule_id,
-            shadow=decision.shadow_record(),
-            policy_version=state.version,
-            started_at=started_at,
-            created_at=started_at,
-        )
-
-        def outcome(kind: str, *, error: str = "", result: Any = None) -> AuditRecord:
-            return AuditRecord(
-                **{f: getattr(intent, f) for f in _COPIED_FIELDS},
-                kind=AuditRecord.Kind.OUTCOME,
-                outcome=kind,
-                error=error,
-                result_digest=_digest(result) if result is not None else "",
-                latency_ms=(time.perf_counter() - t0) * 1000,
-                created_at=timezone.now(),
-            )
+        if tool is not None:
+            decision = policy.decide("tool", name, arguments, now=time.time())
+        elif name in state.quarantined:
+            decision = Decision(Effect.DENY, f"tool quarantined: {state.quarantined[name]}")
+        else:
+            decision = Decision(Effect.DENY, "unknown tool")
+        log = CallLog(ctx, meta, state, name, arguments, decision)
 
         if tool is None or not decision.allowed:
-            await asyncio.gather(
-                self.audit.write(intent), self.audit.write(outcome(AuditRecord.Outcome.DENIED))
-            )
+            await log.refused(self.audit, AuditRecord.Outcome.DENIED)
+            if name in state.quarantined:
+                raise CallError(
+                    TOOL_QUARANTINED,
+                    f"{decision.reason}; it stays hidden until an admin approves it",
+                    {"tool": name, "reason": state.quarantined[name]},
+                )
             if tool is None:
                 raise CallError(UNKNOWN_TOOL, f"unknown tool: {name!r}")
             raise _refusal(state, policy, decision, name, arguments)
 
         try:
+            lease = await self.limiter.acquire(
+                agent_id=ctx.agent_id, tool=name, limits=state.rate_limits
+            )
+        except (RateLimited, RateLimitUnavailable) as exc:
+            limited = isinstance(exc, RateLimited)
+            reason = exc.reason if limited else "rate limits cannot be checked right now"
+            retry_after = round(exc.retry_after, 3) if limited else 1.0
+            await log.refused(self.audit, AuditRecord.Outcome.RATE_LIMITED, error=reason)
+            raise CallError(
+                RATE_LIMITED_CODE,
+                reason,
+                {"tool": name, "retryAfterSeconds": retry_after}
+                | ({"limit": exc.limit.id} if limited else {}),
+            ) from None
+        try:
+            return await self._governed(state, tool, log, arguments)
+        finally:
+            await lease.release()
+
+    async def _governed(
+        self, state: TenantState, tool: ToolEntry, log: CallLog, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
+        name = tool.exposed_name
+        pipeline = state.guardrails.for_call(log.ctx.agent_id, name)
+        inspection = pipeline.inspect(
+            Stage.INPUT, arguments, Context(Stage.INPUT, name, tool.input_schema)
+        )
+        log.inspected(inspection, arguments=True)
+        if inspection.blocked:
+            await log.refused(self.audit, AuditRecord.Outcome.BLOCKED)
+            raise _blocked(inspection.blocked, name)
+        arguments = inspection.value
+        try:
             # write() enqueues the record before it first yields: from here on the intent is
             # on its way to disk, and any exit below gets its outcome record after it.
-            await self.audit.write(intent)
+            await self.audit.write(log.intent)
+            blocked = await self._slow_checks(pipeline, log, Stage.INPUT, arguments)
+            if blocked:
+                await self.audit.write(log.outcome(AuditRecord.Outcome.BLOCKED))
+                raise _blocked(blocked, name)
             upstream = self.upstreams.get(state.servers[tool.server_id])
             result = await upstream.call_tool(
                 tool.name, arguments, deadline=settings.MCP_CALL_TIMEOUT_SECONDS
             )
+            result = _without_upstream_meta(result)
+            inspection = pipeline.inspect(Stage.OUTPUT, result, Context(Stage.OUTPUT, name))
+            log.inspected(inspection)
+            blocked = inspection.blocked or await self._slow_checks(
+                pipeline, log, Stage.OUTPUT, inspection.value
+            )
         except UpstreamError as exc:
-            await self.audit.write(outcome(exc.outcome, error=str(exc)))
+            await self.audit.write(log.outcome(exc.outcome, error=str(exc)))
             raise _call_error(exc, tool) from None
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.audit.write(outcome(AuditRecord.Outcome.CANCELLED)))
+                await asyncio.shield(self.audit.write(log.outcome(AuditRecord.Outcome.CANCELLED)))
             raise
-        result = _without_upstream_meta(result)
+        if blocked:
+            # The digest of what was withheld proves what the upstream said, revealing nothing.
+            await self.audit.write(log.outcome(AuditRecord.Outcome.BLOCKED, result=result))
+            raise _blocked(blocked, name)
+        result = inspection.value
         is_error = bool(result.get("isError"))
         await self.audit.write(
-            outcome(
+            log.outcome(
                 AuditRecord.Outcome.TOOL_ERROR if is_error else AuditRecord.Outcome.OK,
                 error=_error_text(result) if is_error else "",
                 result=result,
             )
         )
         return result
+
+    async def _slow_checks(
+        self, pipeline: Pipeline, log: CallLog, stage: Stage, value: Any
+    ) -> Verdict | None:
+        """Send the stage's slow checks to Celery; wait for the blocking ones, each up to its
+        timeout, and return the verdict that blocks the call, if one does."""
+        specs = pipeline.slow[stage]
+        if not specs:
+            return None
+        ids = await self._in_db(
+            slow_checks_submit,
+            tenant_id=log.ctx.tenant_id,
+            call_id=log.call_id,
+            stage=str(stage),
+            specs=specs,
+            payload=value,
+        )
+        loop = asyncio.get_running_loop()
+        waiting = {
+            check_id: (spec, loop.time() + spec.timeout_seconds)
+            for spec, check_id in zip(specs, ids, strict=True)
+            if spec.mode == "blocking"
+        }
+        verdicts: list[Verdict] = []
+        while waiting:
+            await asyncio.sleep(settings.SLOW_CHECK_POLL_SECONDS)
+            found = await self._in_db(slow_checks_verdicts, ids=list(waiting))
+            now = loop.time()
+            for check_id, (spec, deadline) in list(waiting.items()):
+                verdict = found.get(check_id)
+                if verdict is not None or now >= deadline:
+                    verdicts.append(_slow_verdict(spec, stage, verdict))
+                    del waiting[check_id]
+        log.add(verdicts)
+        return next((v for v in verdicts if v.outcome is Outcome.BLOCK), None)
 
     async def _catalog_seen(self, spec: ServerSpec, tools: list[dict[str, Any]]) -> None:
         """An upstream (re)connected and listed its tools: keep the stored catalog current."""
@@ -349,24 +418,74 @@ class Gateway:
             await self.refresh()
 
 
-_COPIED_FIELDS = (
-    "call_id",
-    "tenant_id",
-    "agent_id",
-    "agent_name",
-    "transport",
-    "protocol_era",
-    "protocol_version",
-    "request_id",
-    "tool",
-    "arguments",
-    "decision",
-    "reason",
-    "rule_id",
-    "shadow",
-    "policy_version",
-    "started_at",
-)
+class CallLog:
+    """The audit records of one call: the intent, then one outcome, sharing a call id. Every
+    guardrail verdict is added as it is reached; the outcome carries them all."""
+
+    def __init__(
+        self,
+        ctx: AgentContext,
+        meta: CallMeta,
+        state: TenantState,
+        name: str,
+        arguments: dict[str, Any],
+        decision: Decision,
+    ) -> None:
+        self.ctx, self.call_id, self.t0 = ctx, uuid.uuid4(), time.perf_counter()
+        self.verdicts: list[dict[str, Any]] = []
+        started_at = timezone.now()
+        self.fields: dict[str, Any] = {
+            "call_id": self.call_id,
+            "tenant_id": ctx.tenant_id,
+            "agent_id": ctx.agent_id,
+            "agent_name": ctx.agent_name,
+            "transport": meta.transport,
+            "protocol_era": meta.protocol_era,
+            "protocol_version": meta.protocol_version,
+            "request_id": meta.request_id[:200],
+            "tool": name[:300],
+            "arguments": arguments,
+            "decision": decision.effect,
+            "reason": decision.reason[:500],
+            "rule_id": decision.rule_id,
+            "shadow": decision.shadow_record(),
+            "policy_version": state.version,
+            "started_at": started_at,
+        }
+        self.intent = self._record(AuditRecord.Kind.INTENT, created_at=started_at)
+
+    def _record(self, kind: str, **fields: Any) -> AuditRecord:
+        return AuditRecord(
+            **self.fields,
+            kind=kind,
+            guardrails=list(self.verdicts),
+            flagged=any(v["verdict"] != "pass" for v in self.verdicts),
+            **fields,
+        )
+
+    def inspected(self, inspection: Inspection, *, arguments: bool = False) -> None:
+        self.add(inspection.verdicts)
+        if arguments:  # the trail keeps the arguments with what the checks found redacted
+            self.fields["arguments"] = inspection.recorded
+            self.intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
+
+    def add(self, verdicts: Iterable[Verdict]) -> None:
+        self.verdicts.extend(v.as_record() for v in verdicts)
+
+    def outcome(self, outcome: str, *, error: str = "", result: Any = None) -> AuditRecord:
+        return self._record(
+            AuditRecord.Kind.OUTCOME,
+            outcome=outcome,
+            error=error,
+            result_digest=_digest(result) if result is not None else "",
+            latency_ms=(time.perf_counter() - self.t0) * 1000,
+            created_at=timezone.now(),
+        )
+
+    async def refused(self, audit: AuditWriter, outcome: str, *, error: str = "") -> None:
+        """A call refused before the upstream: its intent and outcome, both durable."""
+        intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
+        await asyncio.gather(audit.write(intent), audit.write(self.outcome(outcome, error=error)))
 
 
 def _without_upstream_meta(result: dict[str, Any]) -> dict[str, Any]:
@@ -398,6 +517,35 @@ def _refusal(
     if state.denial_detail == "full":
         data["explanation"] = policy.explain("tool", name, arguments, now=time.time()).lines()
     return CallError(code, f"{headline}: {reason}", data)
+
+
+def _blocked(verdict: Verdict, tool: str) -> CallError:
+    what = "the result was withheld" if verdict.stage is Stage.OUTPUT else "the call was refused"
+    return CallError(
+        GUARDRAIL_BLOCKED,
+        f"{verdict.summary()}; {what}",
+        {
+            "tool": tool,
+            "check": verdict.check,
+            "stage": str(verdict.stage),
+            "findings": sorted({f.kind for f in verdict.findings}),
+        },
+    )
+
+
+def _slow_verdict(spec: GuardrailSpec, stage: Stage, found: SlowVerdict | None) -> Verdict:
+    """A slow check's answer (None: none within its timeout) as a pipeline verdict. A slow
+    check cannot redact, so its redact action blocks."""
+    if found is None or found.verdict == "error":
+        error = f"no verdict within {spec.timeout_seconds:g} s" if found is None else found.error
+        failed = Outcome.BLOCK if spec.failure_mode == "closed" else Outcome.ERROR
+        return Verdict(spec.name, stage, spec.action, failed, error=error, guardrail_id=spec.id)
+    if found.verdict != "flag":
+        return Verdict(spec.name, stage, spec.action, Outcome.PASS, guardrail_id=spec.id)
+    outcome = Outcome.FLAG if spec.action is Action.FLAG else Outcome.BLOCK
+    score = f"score {found.score:.2f}" if found.score is not None else ""
+    finding = Finding(spec.name, detail=score)
+    return Verdict(spec.name, stage, spec.action, outcome, (finding,), guardrail_id=spec.id)
 
 
 def _call_error(exc: UpstreamError, tool: ToolEntry) -> CallError:

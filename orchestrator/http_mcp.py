@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import secrets
 from collections import Counter
@@ -35,7 +36,13 @@ from mcp_types import HEADER_MISMATCH, UNSUPPORTED_PROTOCOL_VERSION
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from orchestrator.auth import bearer_token, origin_allowed
-from orchestrator.gateway import AgentContext, AuthError, Gateway, get_gateway
+from orchestrator.gateway import (
+    RATE_LIMITED_CODE,
+    AgentContext,
+    AuthError,
+    Gateway,
+    get_gateway,
+)
 from orchestrator.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -103,6 +110,11 @@ def _json(body: dict[str, Any], status: int = 200, **headers: str) -> HttpRespon
     )
     for name, value in headers.items():
         response[name.replace("_", "-")] = value
+    error = body.get("error")
+    if isinstance(error, dict) and error.get("code") == RATE_LIMITED_CODE:
+        # The JSON-RPC error says when; the header says it to HTTP clients and proxies too.
+        retry_after = (error.get("data") or {}).get("retryAfterSeconds", 1)
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return response
 
 

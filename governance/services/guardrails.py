@@ -11,6 +11,7 @@ from governance.engine.guardrails.base import ConfigError
 from governance.engine.guardrails.pipeline import INLINE_CHECKS, SLOW_CHECKS, config_validate
 from governance.models import Guardrail, Tenant
 from governance.services.versions import tenant_version_bump
+from governance.slowchecks import slow_check_get
 
 # What a new tenant gets: the inline checks on, cheapest and most protective first; the
 # slow check present but off (it needs a Celery worker and costs a model run per call).
@@ -63,6 +64,9 @@ def guardrail_validate(guardrail: Guardrail) -> None:
     elif "name" not in errors:
         try:
             config_validate(guardrail.name, guardrail.config)
+            slow = slow_check_get(guardrail.name)
+            if slow is not None:
+                slow.configure(guardrail.config)
         except ConfigError as exc:
             errors["config"] = str(exc)
     if guardrail.agent_id is not None and guardrail.agent.tenant_id != guardrail.tenant_id:
