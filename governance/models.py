@@ -335,11 +335,14 @@ class RateLimit(models.Model):
                     window_seconds__gt=0,
                 ),
                 name="ratelimit_calls_with_window",
+                violation_error_message="calls per window: give both calls and window seconds "
+                "(above 0), or neither",
             ),
             models.CheckConstraint(
                 condition=models.Q(calls__isnull=False)
                 | models.Q(concurrent__isnull=False, concurrent__gt=0),
                 name="ratelimit_limits_something",
+                violation_error_message="limit something: calls per window, or calls at once",
             ),
         ]
 

@@ -110,7 +110,9 @@ class Gateway:
         self.page_size = settings.MCP_PAGE_SIZE
         self.audit = AuditWriter(batch_max=settings.AUDIT_BATCH_MAX)
         self.limiter = RateLimiter(
-            redis_url=settings.REDIS_URL, lease_seconds=settings.MCP_CALL_TIMEOUT_SECONDS + 60
+            # Outlasts the longest call: its timeout plus two blocking slow checks (60 s each).
+            redis_url=settings.REDIS_URL,
+            lease_seconds=settings.MCP_CALL_TIMEOUT_SECONDS + 180,
         )
         self.upstreams = UpstreamPool(
             on_catalog=self._catalog_seen,
@@ -290,8 +292,11 @@ class Gateway:
         else:
             decision = Decision(Effect.DENY, "unknown tool")
         log = CallLog(ctx, meta, state, name, arguments, decision)
+        pipeline = state.guardrails.for_call(ctx.agent_id, name)
+        context = Context(Stage.INPUT, name, tool.input_schema if tool else None)
 
         if tool is None or not decision.allowed:
+            log.arguments(pipeline.recorded(Stage.INPUT, arguments, context))
             await log.refused(self.audit, AuditRecord.Outcome.DENIED)
             if name in state.quarantined:
                 raise CallError(
@@ -311,6 +316,7 @@ class Gateway:
             limited = isinstance(exc, RateLimited)
             reason = exc.reason if limited else "rate limits cannot be checked right now"
             retry_after = round(exc.retry_after, 3) if limited else 1.0
+            log.arguments(pipeline.recorded(Stage.INPUT, arguments, context))
             await log.refused(self.audit, AuditRecord.Outcome.RATE_LIMITED, error=reason)
             raise CallError(
                 RATE_LIMITED_CODE,
@@ -319,19 +325,23 @@ class Gateway:
                 | ({"limit": exc.limit.id} if limited else {}),
             ) from None
         try:
-            return await self._governed(state, tool, log, arguments)
+            return await self._governed(state, tool, pipeline, log, arguments, context)
         finally:
             await lease.release()
 
     async def _governed(
-        self, state: TenantState, tool: ToolEntry, log: CallLog, arguments: dict[str, Any]
+        self,
+        state: TenantState,
+        tool: ToolEntry,
+        pipeline: Pipeline,
+        log: CallLog,
+        arguments: dict[str, Any],
+        context: Context,
     ) -> dict[str, Any]:
         name = tool.exposed_name
-        pipeline = state.guardrails.for_call(log.ctx.agent_id, name)
-        inspection = pipeline.inspect(
-            Stage.INPUT, arguments, Context(Stage.INPUT, name, tool.input_schema)
-        )
-        log.inspected(inspection, arguments=True)
+        inspection = pipeline.inspect(Stage.INPUT, arguments, context)
+        log.inspected(inspection)
+        log.arguments(inspection.recorded)  # the intent, with the input verdicts
         if inspection.blocked:
             await log.refused(self.audit, AuditRecord.Outcome.BLOCKED)
             raise _blocked(inspection.blocked, name)
@@ -370,7 +380,7 @@ class Gateway:
         await self.audit.write(
             log.outcome(
                 AuditRecord.Outcome.TOOL_ERROR if is_error else AuditRecord.Outcome.OK,
-                error=_error_text(result) if is_error else "",
+                error=_error_text(inspection.recorded) if is_error else "",
                 result=result,
             )
         )
@@ -463,11 +473,13 @@ class CallLog:
             **fields,
         )
 
-    def inspected(self, inspection: Inspection, *, arguments: bool = False) -> None:
+    def inspected(self, inspection: Inspection) -> None:
         self.add(inspection.verdicts)
-        if arguments:  # the trail keeps the arguments with what the checks found redacted
-            self.fields["arguments"] = inspection.recorded
-            self.intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
+
+    def arguments(self, recorded: dict[str, Any]) -> None:
+        """The arguments as the trail keeps them: with what the checks found redacted."""
+        self.fields["arguments"] = recorded
+        self.intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
 
     def add(self, verdicts: Iterable[Verdict]) -> None:
         self.verdicts.extend(v.as_record() for v in verdicts)

@@ -137,7 +137,7 @@ class Migration(migrations.Migration):
                 ('tenant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='rate_limits', to='governance.tenant')),
             ],
             options={
-                'constraints': [models.CheckConstraint(condition=models.Q(models.Q(('calls__isnull', True), ('window_seconds__isnull', True)), models.Q(('calls__gt', 0), ('calls__isnull', False), ('window_seconds__gt', 0), ('window_seconds__isnull', False)), _connector='OR'), name='ratelimit_calls_with_window'), models.CheckConstraint(condition=models.Q(('calls__isnull', False), models.Q(('concurrent__gt', 0), ('concurrent__isnull', False)), _connector='OR'), name='ratelimit_limits_something')],
+                'constraints': [models.CheckConstraint(condition=models.Q(models.Q(('calls__isnull', True), ('window_seconds__isnull', True)), models.Q(('calls__gt', 0), ('calls__isnull', False), ('window_seconds__gt', 0), ('window_seconds__isnull', False)), _connector='OR'), name='ratelimit_calls_with_window', violation_error_message='calls per window: give both calls and window seconds (above 0), or neither'), models.CheckConstraint(condition=models.Q(('calls__isnull', False), models.Q(('concurrent__gt', 0), ('concurrent__isnull', False)), _connector='OR'), name='ratelimit_limits_something', violation_error_message='limit something: calls per window, or calls at once')],
             },
         ),
         migrations.CreateModel(

@@ -243,19 +243,17 @@ def test_the_rate_limit_form_saves_and_bumps_the_version(admin_client, tenant):
     assert listing.status_code == 200
 
 
+WINDOW = "calls per window: give both calls and window seconds (above 0), or neither"
+NOTHING = "limit something: calls per window, or calls at once"
+
+
 @pytest.mark.parametrize(
     ("fields", "errors"),
     [
-        ({"window_seconds": ""}, {"window_seconds": ["calls per window: give both, or neither"]}),
-        (
-            {"calls": "", "concurrent": "2"},
-            {"window_seconds": ["calls per window: give both, or neither"]},
-        ),
-        (
-            {"calls": "", "window_seconds": ""},
-            {"__all__": ["limit something: calls per window, or calls at once"]},
-        ),
-        ({"calls": "0"}, {"__all__": ["Constraint “ratelimit_calls_with_window” is violated."]}),
+        ({"window_seconds": ""}, {"__all__": [WINDOW]}),
+        ({"calls": "", "concurrent": "2"}, {"__all__": [WINDOW]}),
+        ({"calls": "", "window_seconds": ""}, {"__all__": [NOTHING]}),
+        ({"calls": "0"}, {"__all__": [WINDOW]}),
     ],
 )
 def test_the_rate_limit_form_refuses_a_limit_that_limits_nothing(

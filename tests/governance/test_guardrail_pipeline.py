@@ -121,6 +121,8 @@ def test_an_out_of_schema_argument_blocks_before_the_later_checks():
     assert inspection.blocked.summary() == (
         "guardrail schema found $.repo: expected string, got integer in the input"
     )
+    # secrets did not judge the call, yet what the audit trail keeps has the key redacted.
+    assert inspection.recorded == {"repo": 5, "note": "[REDACTED:aws_access_key]"}
 
 
 def test_verdict_records_name_kinds_and_places_never_values():
@@ -151,7 +153,9 @@ def test_a_block_stops_the_pipeline(extra_checks):
     assert inspection.blocked is not None
     assert inspection.blocked.check == "secrets"
     assert [v.check for v in inspection.verdicts] == ["secrets"]
-    assert Seen.values == []
+    # seen gave no verdict: it only looked at what the audit trail keeps, redacted.
+    assert Seen.values == [inspection.recorded]
+    assert AWS_KEY not in str(Seen.values)
 
 
 def test_a_redaction_is_what_later_checks_see(extra_checks):
@@ -192,7 +196,12 @@ def test_a_check_that_raises_applies_its_failure_mode(extra_checks, mode, outcom
     assert verdict.outcome is outcome
     assert verdict.error == "check failed: RuntimeError('the check broke')"
     assert (inspection.blocked is verdict) == (mode == "closed")
-    assert Seen.values == ([] if mode == "closed" else ["hello"])
+    # seen judges only when the call goes on; when it is blocked, it still looks at the value
+    # for what the audit trail keeps.
+    assert Seen.values == ["hello"]
+    assert [v.check for v in inspection.verdicts] == (
+        ["boom"] if mode == "closed" else ["boom", "seen"]
+    )
 
 
 def test_a_misconfigured_row_fails_closed_and_says_why():

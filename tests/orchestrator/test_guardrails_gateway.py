@@ -229,3 +229,19 @@ async def test_a_blocking_slow_check_without_a_verdict_applies_its_failure_mode(
     outcome = (await sync_to_async(records)("outcome"))[-1]
     expected = "block" if refused else "error"
     assert verdicts(outcome)[("injection_similarity", "output")] == expected
+
+
+async def test_refused_calls_keep_no_secret_in_their_records(gateway):
+    """A call blocked by schema (before secrets ran) and one denied by policy: neither
+    record keeps the key in the clear."""
+    ctx = await ready(gateway)
+    with pytest.raises(CallError):
+        await gateway.call_tool(
+            ctx, META, name="kit__echo", arguments={"text": 5, "note": f"key {AWS_KEY}"}
+        )
+    with pytest.raises(CallError):
+        await gateway.call_tool(ctx, META, name="nope__tool", arguments={"k": AWS_KEY})
+    rows = await sync_to_async(lambda: list(AuditRecord.objects.all()))()
+    assert len(rows) == 4
+    assert {r.outcome for r in rows if r.kind == "outcome"} == {"blocked", "denied"}
+    assert all(AWS_KEY not in str(r.arguments) for r in rows)

@@ -146,7 +146,7 @@ class Pipeline:
         if not checks:
             return Inspection(value, recorded=value)
         payload, verdicts, unredacted = Payload(value), [], []
-        for bound in checks:
+        for i, bound in enumerate(checks):
             verdict, redacted = _run(bound, payload, context)
             verdicts.append(verdict)
             if redacted is not None:
@@ -154,11 +154,19 @@ class Pipeline:
             elif verdict.findings and bound.check is not None:
                 unredacted.append(bound.check)
             if verdict.outcome is Outcome.BLOCK:
+                # The checks not run still redact what the audit trail keeps of a blocked call.
+                unredacted += [b.check for b in checks[i + 1 :] if b.check is not None]
                 break
         blocked = verdicts[-1] if verdicts[-1].outcome is Outcome.BLOCK else None
         return Inspection(
             payload.value, tuple(verdicts), blocked, _recorded(payload, unredacted, context)
         )
+
+    def recorded(self, stage: Stage, value: Json, context: Context) -> Json:
+        """What the audit trail keeps of a value no check judged (a call refused before
+        the guardrails): whatever any check of the stage finds, redacted where it can be."""
+        checks = [b.check for b in self.inline[stage] if b.check is not None]
+        return _recorded(Payload(value), checks, context) if checks else value
 
 
 def _recorded(payload: Payload, checks: list[InlineCheck], context: Context) -> Json:
