@@ -477,8 +477,9 @@ class CallLog:
         self.add(inspection.verdicts)
 
     def arguments(self, recorded: dict[str, Any]) -> None:
-        """The arguments as the trail keeps them: with what the checks found redacted."""
-        self.fields["arguments"] = recorded
+        """The arguments as the trail keeps them: with what the checks found redacted, and
+        long strings clipped, so one agent's huge arguments cannot slow everyone's commits."""
+        self.fields["arguments"] = _clipped(recorded)
         self.intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
 
     def add(self, verdicts: Iterable[Verdict]) -> None:
@@ -498,6 +499,38 @@ class CallLog:
         """A call refused before the upstream: its intent and outcome, both durable."""
         intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
         await asyncio.gather(audit.write(intent), audit.write(self.outcome(outcome, error=error)))
+
+
+def _clipped(value: Any) -> Any:
+    """``value`` with every string longer than AUDIT_MAX_STRING_CHARS cut to that length and
+    marked; the same object when nothing is that long (the usual case: no copy)."""
+    limit = settings.AUDIT_MAX_STRING_CHARS
+    long_strings = False
+    stack = [value]
+    while stack and not long_strings:
+        node = stack.pop()
+        if isinstance(node, str):
+            long_strings = len(node) > limit
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if not long_strings:
+        return value
+
+    def clip(node: Any) -> Any:
+        if isinstance(node, str) and len(node) > limit:
+            return f"{node[:limit]}…[{len(node) - limit} more characters not kept]"
+        if isinstance(node, dict):
+            return {key: clip(item) for key, item in node.items()}
+        if isinstance(node, list):
+            return [clip(item) for item in node]
+        return node
+
+    try:
+        return clip(value)
+    except RecursionError:  # the parser admits deeper nesting than this walk: keep a note
+        return {"_not_kept": "arguments with long strings, nested too deeply to clip"}
 
 
 def _without_upstream_meta(result: dict[str, Any]) -> dict[str, Any]:

@@ -191,6 +191,8 @@ MCP_ALLOWED_ORIGINS = env_list(
 GOVERNANCE_POLL_SECONDS = env_float("GOVERNANCE_POLL_SECONDS", 0.25, minimum=0.01)
 # Audit group commit: most records per transaction.
 AUDIT_BATCH_MAX = env_int("AUDIT_BATCH_MAX", 500, minimum=1)
+# Strings in recorded arguments are kept up to this many characters, then cut and marked.
+AUDIT_MAX_STRING_CHARS = env_int("AUDIT_MAX_STRING_CHARS", 4096, minimum=64)
 # Upstream reconnect backoff (seconds): first wait and ceiling.
 UPSTREAM_BACKOFF_INITIAL = env_float("UPSTREAM_BACKOFF_INITIAL", 0.2, minimum=0.0)
 UPSTREAM_BACKOFF_MAX = env_float("UPSTREAM_BACKOFF_MAX", 10.0, minimum=0.0)

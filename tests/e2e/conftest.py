@@ -185,3 +185,33 @@ def jsonrpc(method: str, params: dict[str, Any] | None = None, id: int | str = 1
     if params is not None:
         message["params"] = params
     return json.dumps(message)
+
+
+def admin_login(gateway: Gateway, username: str, password: str) -> httpx2.Client:
+    """A Django admin session on the live server, as superuser ``username`` (created on first
+    use; ``password`` is a throwaway on a test database)."""
+    with_password = Gateway(
+        data_dir=gateway.data_dir, env={**gateway.env, "DJANGO_SUPERUSER_PASSWORD": password}
+    )
+    with_password.manage(
+        "createsuperuser",
+        "--noinput",
+        "--username",
+        username,
+        "--email",
+        f"{username}@example.test",
+        check=False,  # exists already when a module reruns
+    )
+    session = httpx2.Client(base_url=gateway.base, follow_redirects=False, timeout=10)
+    session.get("/admin/login/")
+    answer = session.post(
+        "/admin/login/?next=/admin/",
+        data={
+            "username": username,
+            "password": password,
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+        },
+        headers={"Referer": f"{gateway.base}/admin/login/"},
+    )
+    assert answer.status_code == 302, answer.text[:500]
+    return session

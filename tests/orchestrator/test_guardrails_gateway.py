@@ -245,3 +245,18 @@ async def test_refused_calls_keep_no_secret_in_their_records(gateway):
     assert len(rows) == 4
     assert {r.outcome for r in rows if r.kind == "outcome"} == {"blocked", "denied"}
     assert all(AWS_KEY not in str(r.arguments) for r in rows)
+
+
+async def test_huge_arguments_are_clipped_in_the_audit_trail(gateway, settings):
+    """One agent's megabyte of arguments must not land in every batch commit."""
+    settings.AUDIT_MAX_STRING_CHARS = 100
+    ctx = await ready(gateway)
+    text = "x" * 300_000
+    with pytest.raises(CallError) as refused:  # blocked by the size guardrail
+        await gateway.call_tool(ctx, META, name="kit__echo", arguments={"text": text})
+    assert refused.value.data["check"] == "size"
+    small = await gateway.call_tool(ctx, META, name="kit__echo", arguments={"text": "hi"})
+    assert small["content"][0]["text"] == "hi"
+    rows = await sync_to_async(lambda: list(AuditRecord.objects.order_by("id")))()
+    assert rows[0].arguments == {"text": "x" * 100 + "…[299900 more characters not kept]"}
+    assert rows[-1].arguments == {"text": "hi"}
