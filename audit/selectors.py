@@ -33,6 +33,8 @@ def audit_record_as_dict(record: AuditRecord) -> dict[str, Any]:
         "rule_id": record.rule_id,
         "shadow": record.shadow,
         "policy_version": record.policy_version,
+        "guardrails": record.guardrails,
+        "flagged": record.flagged,
         "outcome": record.outcome,
         "error": record.error,
         "result_digest": record.result_digest,

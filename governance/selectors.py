@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.conf import settings
+
 from governance.engine.conditions import ConditionError, conditions_parse
 from governance.engine.guardrails.base import Action
 from governance.engine.guardrails.pipeline import GuardrailSpec, TenantGuardrails
@@ -113,7 +115,7 @@ def tenant_state_get(*, tenant_id: int) -> TenantState:
 
 
 def tenant_guardrails_get(*, tenant_id: int) -> TenantGuardrails:
-    return TenantGuardrails(
+    specs = [
         GuardrailSpec(
             id=g.id,
             name=g.name,
@@ -128,7 +130,8 @@ def tenant_guardrails_get(*, tenant_id: int) -> TenantGuardrails:
             config=g.config if isinstance(g.config, dict) else {"": g.config},
         )
         for g in Guardrail.objects.filter(tenant_id=tenant_id).order_by("id")
-    )
+    ]
+    return TenantGuardrails(specs, record_limit=settings.AUDIT_MAX_STRING_CHARS)
 
 
 def rate_limits_get(*, tenant_id: int) -> tuple[LimitSpec, ...]:

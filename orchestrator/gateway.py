@@ -292,7 +292,8 @@ class Gateway:
         else:
             decision = Decision(Effect.DENY, "unknown tool")
         log = CallLog(ctx, meta, state, name, arguments, decision)
-        pipeline = state.guardrails.for_call(ctx.agent_id, name)
+        # Only names from the catalog are cached: an agent inventing names must not grow it.
+        pipeline = state.guardrails.for_call(ctx.agent_id, name, cache=tool is not None)
         context = Context(Stage.INPUT, name, tool.input_schema if tool else None)
 
         if tool is None or not decision.allowed:
@@ -314,6 +315,8 @@ class Gateway:
             )
         except (RateLimited, RateLimitUnavailable) as exc:
             limited = isinstance(exc, RateLimited)
+            if not limited:
+                logger.warning("rate limits unavailable, call refused: %s", exc)
             reason = exc.reason if limited else "rate limits cannot be checked right now"
             retry_after = round(exc.retry_after, 3) if limited else 1.0
             log.arguments(pipeline.recorded(Stage.INPUT, arguments, context))
@@ -327,7 +330,7 @@ class Gateway:
         try:
             return await self._governed(state, tool, pipeline, log, arguments, context)
         finally:
-            await lease.release()
+            await asyncio.shield(lease.release())  # a cancel must not keep the slot
 
     async def _governed(
         self,
@@ -365,7 +368,20 @@ class Gateway:
                 pipeline, log, Stage.OUTPUT, inspection.value
             )
         except UpstreamError as exc:
-            await self.audit.write(log.outcome(exc.outcome, error=str(exc)))
+            error = str(exc)
+            if isinstance(exc, UpstreamRpcError):
+                # The upstream's own words reach the agent, so they pass the output checks too.
+                said = pipeline.inspect(
+                    Stage.OUTPUT, exc.message[:2000], Context(Stage.OUTPUT, name)
+                )
+                log.inspected(said)
+                exc.message = (
+                    said.value
+                    if said.blocked is None
+                    else f"the upstream's error message was withheld: {said.blocked.summary()}"
+                )
+                error = said.recorded
+            await self.audit.write(log.outcome(exc.outcome, error=error))
             raise _call_error(exc, tool) from None
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -394,30 +410,41 @@ class Gateway:
         specs = pipeline.slow[stage]
         if not specs:
             return None
-        ids = await self._in_db(
-            slow_checks_submit,
-            tenant_id=log.ctx.tenant_id,
-            call_id=log.call_id,
-            stage=str(stage),
-            specs=specs,
-            payload=value,
-        )
-        loop = asyncio.get_running_loop()
-        waiting = {
-            check_id: (spec, loop.time() + spec.timeout_seconds)
-            for spec, check_id in zip(specs, ids, strict=True)
-            if spec.mode == "blocking"
-        }
         verdicts: list[Verdict] = []
-        while waiting:
-            await asyncio.sleep(settings.SLOW_CHECK_POLL_SECONDS)
-            found = await self._in_db(slow_checks_verdicts, ids=list(waiting))
-            now = loop.time()
-            for check_id, (spec, deadline) in list(waiting.items()):
-                verdict = found.get(check_id)
-                if verdict is not None or now >= deadline:
-                    verdicts.append(_slow_verdict(spec, stage, verdict))
-                    del waiting[check_id]
+        waiting: dict[int, tuple[GuardrailSpec, float]] = {}
+        try:
+            ids = await self._in_db(
+                slow_checks_submit,
+                tenant_id=log.ctx.tenant_id,
+                call_id=log.call_id,
+                stage=str(stage),
+                specs=specs,
+                payload=value,
+            )
+            loop = asyncio.get_running_loop()
+            waiting = {
+                check_id: (spec, loop.time() + spec.timeout_seconds)
+                for spec, check_id in zip(specs, ids, strict=True)
+                if spec.mode == "blocking"
+            }
+            while waiting:
+                await asyncio.sleep(settings.SLOW_CHECK_POLL_SECONDS)
+                found = await self._in_db(slow_checks_verdicts, ids=list(waiting))
+                now = loop.time()
+                for check_id, (spec, deadline) in list(waiting.items()):
+                    verdict = found.get(check_id)
+                    if verdict is not None or now >= deadline:
+                        verdicts.append(_slow_verdict(spec, stage, verdict))
+                        del waiting[check_id]
+        except Exception as exc:  # the database or broker failed: each check's failure mode
+            logger.exception("slow checks of call %s could not run", log.call_id)
+            unanswered = [spec for spec, _ in waiting.values()] or [
+                spec for spec in specs if spec.mode == "blocking"
+            ]
+            verdicts += [
+                _slow_verdict(spec, stage, None, error=f"slow checks unavailable: {exc!r}"[:300])
+                for spec in unanswered
+            ]
         log.add(verdicts)
         return next((v for v in verdicts if v.outcome is Outcome.BLOCK), None)
 
@@ -477,9 +504,9 @@ class CallLog:
         self.add(inspection.verdicts)
 
     def arguments(self, recorded: dict[str, Any]) -> None:
-        """The arguments as the trail keeps them: with what the checks found redacted, and
-        long strings clipped, so one agent's huge arguments cannot slow everyone's commits."""
-        self.fields["arguments"] = _clipped(recorded)
+        """The arguments as the trail keeps them (``Inspection.recorded``): what the checks
+        found redacted, long strings clipped."""
+        self.fields["arguments"] = recorded
         self.intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
 
     def add(self, verdicts: Iterable[Verdict]) -> None:
@@ -499,38 +526,6 @@ class CallLog:
         """A call refused before the upstream: its intent and outcome, both durable."""
         intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
         await asyncio.gather(audit.write(intent), audit.write(self.outcome(outcome, error=error)))
-
-
-def _clipped(value: Any) -> Any:
-    """``value`` with every string longer than AUDIT_MAX_STRING_CHARS cut to that length and
-    marked; the same object when nothing is that long (the usual case: no copy)."""
-    limit = settings.AUDIT_MAX_STRING_CHARS
-    long_strings = False
-    stack = [value]
-    while stack and not long_strings:
-        node = stack.pop()
-        if isinstance(node, str):
-            long_strings = len(node) > limit
-        elif isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    if not long_strings:
-        return value
-
-    def clip(node: Any) -> Any:
-        if isinstance(node, str) and len(node) > limit:
-            return f"{node[:limit]}…[{len(node) - limit} more characters not kept]"
-        if isinstance(node, dict):
-            return {key: clip(item) for key, item in node.items()}
-        if isinstance(node, list):
-            return [clip(item) for item in node]
-        return node
-
-    try:
-        return clip(value)
-    except RecursionError:  # the parser admits deeper nesting than this walk: keep a note
-        return {"_not_kept": "arguments with long strings, nested too deeply to clip"}
 
 
 def _without_upstream_meta(result: dict[str, Any]) -> dict[str, Any]:
@@ -578,11 +573,15 @@ def _blocked(verdict: Verdict, tool: str) -> CallError:
     )
 
 
-def _slow_verdict(spec: GuardrailSpec, stage: Stage, found: SlowVerdict | None) -> Verdict:
-    """A slow check's answer (None: none within its timeout) as a pipeline verdict. A slow
-    check cannot redact, so its redact action blocks."""
+def _slow_verdict(
+    spec: GuardrailSpec, stage: Stage, found: SlowVerdict | None, error: str = ""
+) -> Verdict:
+    """A slow check's answer (None: none within its timeout, or ``error``) as a pipeline
+    verdict. A slow check cannot redact, so its redact action blocks."""
     if found is None or found.verdict == "error":
-        error = f"no verdict within {spec.timeout_seconds:g} s" if found is None else found.error
+        if found is not None:
+            error = found.error
+        error = error or f"no verdict within {spec.timeout_seconds:g} s"
         failed = Outcome.BLOCK if spec.failure_mode == "closed" else Outcome.ERROR
         return Verdict(spec.name, stage, spec.action, failed, error=error, guardrail_id=spec.id)
     if found.verdict != "flag":

@@ -54,6 +54,7 @@ CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": True}}
 LISTEN = "subscriptions/listen"
 TOOLS_LIST_CHANGED = "notifications/tools/list_changed"
 MAX_SUBSCRIPTIONS = 16  # open listen streams per WebSocket connection (HTTP: per token)
+MAX_TOOL_NAME = 300  # characters; the audit trail keeps this much of a name
 INSTRUCTIONS = (
     "Tools are namespaced by upstream server (server__tool). Every call is decided by "
     "your permission policy and recorded in an audit trail."
@@ -345,6 +346,10 @@ class McpSession:
         name = request.params.get("name")
         if not isinstance(name, str) or not name:
             raise JsonRpcError(INVALID_PARAMS, "tools/call needs params.name (a string)")
+        if len(name) > MAX_TOOL_NAME:
+            raise JsonRpcError(
+                INVALID_PARAMS, f"tools/call params.name is longer than {MAX_TOOL_NAME} characters"
+            )
         arguments = request.params.get("arguments", {})
         if arguments is None:
             arguments = {}

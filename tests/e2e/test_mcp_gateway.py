@@ -196,6 +196,8 @@ async def test_audit_tail_json_shows_intent_and_outcome(gateway: Gateway):
         "decision",
         "reason",
         "rule_id",
+        "guardrails",
+        "flagged",
         "outcome",
         "result_digest",
         "latency_ms",

@@ -25,7 +25,13 @@ from governance.engine.guardrails.injection import Injection, description_findin
 from governance.engine.guardrails.patterns import DenyPatterns, Haystack, re2_options
 from governance.engine.guardrails.pii import Pii, iban_valid, luhn
 from governance.engine.guardrails.schema import Schema, SchemaUnusable, fast_validator
-from governance.engine.guardrails.secrets import DETECTORS, SKIPPED, Secrets
+from governance.engine.guardrails.secrets import (
+    DETECTORS,
+    MAX_ENTROPY_CANDIDATES,
+    SKIPPED,
+    Secrets,
+    shannon_entropy,
+)
 from governance.engine.guardrails.size import Size
 
 OUT = Context(Stage.OUTPUT, "git__git_log")
@@ -882,3 +888,26 @@ def test_uuid_and_sha_strings_with_the_default_pipeline_order_do_not_collide():
     text = json.dumps({"id": str(uuid.uuid4()), "sha": SHA1, "version": "1.2.3"})
     for check in (Secrets({}), Pii({}), Injection({})):
         assert scan(check, text) == []
+
+
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
+
+
+@given(st.text(alphabet=_B64, min_size=1, max_size=80))
+def test_our_entropy_is_detect_secrets_entropy(token):
+    from detect_secrets.plugins.high_entropy_strings import Base64HighEntropyString
+
+    assert shannon_entropy(token) == pytest.approx(
+        Base64HighEntropyString().calculate_shannon_entropy(token)
+    )
+
+
+def test_entropy_candidates_are_bounded_per_payload():
+    """Thousands of random-looking ids cost a bounded amount; named patterns still run past
+    the bound."""
+    ids = [uuid.uuid4().hex[:12] + uuid.uuid4().hex.upper()[:12] for _ in range(3000)]
+    text = " ".join(ids) + f" {AWS_KEY}"
+    findings = Secrets({}).scan(Payload({"text": text}), OUT)
+    entropic = [f for f in findings if f.kind.startswith("high_entropy_")]
+    assert len(entropic) <= MAX_ENTROPY_CANDIDATES
+    assert any(f.kind == "aws_access_key" for f in findings)

@@ -260,3 +260,47 @@ async def test_huge_arguments_are_clipped_in_the_audit_trail(gateway, settings):
     rows = await sync_to_async(lambda: list(AuditRecord.objects.order_by("id")))()
     assert rows[0].arguments == {"text": "x" * 100 + "…[299900 more characters not kept]"}
     assert rows[-1].arguments == {"text": "hi"}
+
+
+async def test_an_upstream_error_message_passes_the_output_checks(gateway, monkeypatch):
+    """An upstream's JSON-RPC error text reaches the agent too: it is redacted like a result."""
+    from orchestrator.upstream.pool import Upstream, UpstreamRpcError
+
+    ctx = await ready(gateway)
+
+    async def fails(self, name, arguments, *, deadline):
+        raise UpstreamRpcError(-32000, f"bad credentials aws_access_key_id={AWS_KEY}")
+
+    monkeypatch.setattr(Upstream, "call_tool", fails)
+    with pytest.raises(CallError) as failed:
+        await gateway.call_tool(ctx, META, name="kit__echo", arguments={"text": "x"})
+    assert failed.value.code == -32000
+    assert AWS_KEY not in failed.value.message
+    assert "[REDACTED:" in failed.value.message
+    outcome = (await sync_to_async(records)("outcome"))[-1]
+    assert outcome.outcome == "upstream_error"
+    assert AWS_KEY not in outcome.error
+    assert verdicts(outcome)[("secrets", "output")] == "redact"
+
+
+async def test_a_slow_check_that_cannot_be_sent_applies_its_failure_mode(gateway, monkeypatch):
+    """The database or broker failing under a blocking slow check is that check failing: the
+    call gets a clear error and its outcome record, not a dropped reply."""
+    ctx = await ready(gateway)
+    await change(
+        gateway,
+        lambda: guardrail(
+            "injection_similarity", enabled=True, mode="blocking", failure_mode="closed"
+        ),
+    )
+
+    def broken(**_):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr("orchestrator.gateway.slow_checks_submit", broken)
+    with pytest.raises(CallError) as refused:
+        await gateway.call_tool(ctx, META, name="kit__echo", arguments={"text": "hello"})
+    assert refused.value.code == GUARDRAIL_BLOCKED
+    assert "slow checks unavailable" in refused.value.message
+    outcome = (await sync_to_async(records)("outcome"))[-1]
+    assert outcome.outcome == "blocked"

@@ -25,6 +25,7 @@ from governance.engine.guardrails.base import (
     Outcome,
     Payload,
     Stage,
+    clipped,
 )
 from governance.engine.guardrails.checks import INLINE_CHECKS
 
@@ -125,10 +126,17 @@ class _Bound:
     error: str = ""
 
 
-class Pipeline:
-    """The checks that apply to one agent's calls of one tool."""
+RECORD_MAX_STRING = 4096  # the default cut of strings in what the audit trail keeps
 
-    def __init__(self, specs: Iterable[GuardrailSpec]) -> None:
+
+class Pipeline:
+    """The checks that apply to one agent's calls of one tool. ``record_limit`` cuts long
+    strings in ``Inspection.recorded``, before anything is scanned for it."""
+
+    def __init__(
+        self, specs: Iterable[GuardrailSpec], record_limit: int = RECORD_MAX_STRING
+    ) -> None:
+        self.record_limit = record_limit
         self.inline: dict[Stage, list[_Bound]] = {stage: [] for stage in Stage}
         self.slow: dict[Stage, list[GuardrailSpec]] = {stage: [] for stage in Stage}
         for spec in specs:
@@ -144,7 +152,7 @@ class Pipeline:
     def inspect(self, stage: Stage, value: Json, context: Context) -> Inspection:
         checks = self.inline[stage]
         if not checks:
-            return Inspection(value, recorded=value)
+            return Inspection(value, recorded=clipped(value, self.record_limit))
         payload, verdicts, unredacted = Payload(value), [], []
         for i, bound in enumerate(checks):
             verdict, redacted = _run(bound, payload, context)
@@ -159,30 +167,30 @@ class Pipeline:
                 break
         blocked = verdicts[-1] if verdicts[-1].outcome is Outcome.BLOCK else None
         return Inspection(
-            payload.value, tuple(verdicts), blocked, _recorded(payload, unredacted, context)
+            payload.value, tuple(verdicts), blocked, self._recorded(payload, unredacted, context)
         )
 
     def recorded(self, stage: Stage, value: Json, context: Context) -> Json:
         """What the audit trail keeps of a value no check judged (a call refused before
         the guardrails): whatever any check of the stage finds, redacted where it can be."""
         checks = [b.check for b in self.inline[stage] if b.check is not None]
-        return _recorded(Payload(value), checks, context) if checks else value
+        return self._recorded(Payload(value), checks, context)
 
-
-def _recorded(payload: Payload, checks: list[InlineCheck], context: Context) -> Json:
-    """The payload for the audit trail: what flagging or blocking checks found, redacted
-    where those checks can redact (scanned afresh: a later redaction may have moved it)."""
-    recorded = payload
-    for check in checks:
-        try:
-            findings = check.scan(recorded, context)
-            redacted = check.redact(recorded, findings) if findings else None
-        except Exception:
-            logger.exception("redacting %s findings for the audit trail failed", check.name)
-            continue
-        if redacted is not None:
-            recorded = Payload(redacted)
-    return recorded.value
+    def _recorded(self, payload: Payload, checks: list[InlineCheck], context: Context) -> Json:
+        """The payload for the audit trail: clipped first (so this scan is bounded), then what
+        flagging or blocking checks found redacted where those checks can redact (scanned
+        afresh: a later redaction may have moved it)."""
+        recorded = Payload(clipped(payload.value, self.record_limit))
+        for check in checks:
+            try:
+                findings = check.scan(recorded, context)
+                redacted = check.redact(recorded, findings) if findings else None
+            except Exception:
+                logger.exception("redacting %s findings for the audit trail failed", check.name)
+                continue
+            if redacted is not None:
+                recorded = Payload(redacted)
+        return recorded.value
 
 
 def _bind(spec: GuardrailSpec) -> _Bound:
@@ -231,17 +239,25 @@ class _CheckFailed(Exception):
 class TenantGuardrails:
     """A tenant's guardrail rows; ``for_call`` resolves and caches the pipeline of a call."""
 
-    def __init__(self, specs: Iterable[GuardrailSpec] = ()) -> None:
-        self.specs = tuple(specs)
+    def __init__(
+        self, specs: Iterable[GuardrailSpec] = (), record_limit: int = RECORD_MAX_STRING
+    ) -> None:
+        self.specs, self.record_limit = tuple(specs), record_limit
         self._pipelines: dict[tuple[int, str], Pipeline] = {}
 
-    def for_call(self, agent_id: int, tool: str) -> Pipeline:
+    def for_call(self, agent_id: int, tool: str, *, cache: bool = True) -> Pipeline:
+        """The call's pipeline; cached per agent and tool unless ``cache`` is off (a name
+        that is not in the catalog)."""
         key = (agent_id, tool)
         pipeline = self._pipelines.get(key)
+        if pipeline is None and not cache:
+            return Pipeline(self.effective(agent_id, tool), self.record_limit)
         if pipeline is None:
-            if len(self._pipelines) > 100_000:  # bounded: tool names come from upstreams
+            if len(self._pipelines) > 100_000:  # agents by catalog tools; a backstop only
                 self._pipelines.clear()
-            pipeline = self._pipelines[key] = Pipeline(self.effective(agent_id, tool))
+            pipeline = self._pipelines[key] = Pipeline(
+                self.effective(agent_id, tool), self.record_limit
+            )
         return pipeline
 
     def effective(self, agent_id: int, tool: str) -> list[GuardrailSpec]:
