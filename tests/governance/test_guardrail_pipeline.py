@@ -343,3 +343,16 @@ def test_a_row_for_an_unknown_check_fails_closed():
     inspection = pipeline.inspect(Stage.OUTPUT, "x", OUT)
     assert inspection.blocked is not None
     assert inspection.blocked.error == "unknown check 'no_such_check'"
+
+
+def test_what_the_trail_keeps_is_clipped_however_deep():
+    """A long string 5,000 levels down is cut, and the value passed on is not."""
+    value: Any = "y" * 50
+    for _ in range(5000):
+        value = {"n": value}
+    inspection = Pipeline([], record_limit=10).inspect(Stage.INPUT, value, IN)
+    assert inspection.value is value
+    node = inspection.recorded
+    for _ in range(5000):
+        node = node["n"]
+    assert node == "y" * 10 + "…[40 more characters not kept]"

@@ -121,6 +121,17 @@ class Payload:
         strings.reverse()  # document order, as the stack pops last-first
         return shape
 
+    def clipped(self, limit: int) -> Json:
+        """The value with every string longer than ``limit`` cut there and marked; the value
+        itself when none is that long (the usual case: no copy). What the audit trail keeps is
+        clipped, so one agent's megabyte of arguments does not ride in everyone's commits."""
+        cuts = {
+            path: f"{text[:limit]}…[{len(text) - limit} more characters not kept]"
+            for path, text in self.shape.strings
+            if len(text) > limit
+        }
+        return self.replaced(cuts) if cuts else self.value
+
     def replaced(self, replacements: Mapping[Path, str]) -> Json:
         """A copy of the value with the strings at these paths replaced. Only the containers
         on the way to a replaced string are copied (iteratively: ``copy.deepcopy`` recurses,
@@ -199,34 +210,3 @@ class InlineCheck(ABC):
 
     def replacement(self, finding: Finding) -> str:
         return f"[REDACTED:{finding.kind}]"
-
-
-def clipped(value: Json, limit: int) -> Json:
-    """``value`` with every string longer than ``limit`` cut there and marked; the same object
-    when none is that long (the usual case: no copy). What the audit trail keeps is clipped,
-    so one agent's megabyte of arguments does not ride in everyone's commit batches."""
-    stack, long_strings = [value], False
-    while stack and not long_strings:
-        node = stack.pop()
-        if isinstance(node, str):
-            long_strings = len(node) > limit
-        elif isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    if not long_strings:
-        return value
-
-    def clip(node: Json) -> Json:
-        if isinstance(node, str) and len(node) > limit:
-            return f"{node[:limit]}…[{len(node) - limit} more characters not kept]"
-        if isinstance(node, dict):
-            return {key: clip(item) for key, item in node.items()}
-        if isinstance(node, list):
-            return [clip(item) for item in node]
-        return node
-
-    try:
-        return clip(value)
-    except RecursionError:  # the parser admits deeper nesting than this walk
-        return {"_not_kept": "long strings nested too deeply to clip"}

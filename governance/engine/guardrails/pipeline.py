@@ -25,7 +25,6 @@ from governance.engine.guardrails.base import (
     Outcome,
     Payload,
     Stage,
-    clipped,
 )
 from governance.engine.guardrails.checks import INLINE_CHECKS
 
@@ -152,7 +151,7 @@ class Pipeline:
     def inspect(self, stage: Stage, value: Json, context: Context) -> Inspection:
         checks = self.inline[stage]
         if not checks:
-            return Inspection(value, recorded=clipped(value, self.record_limit))
+            return Inspection(value, recorded=Payload(value).clipped(self.record_limit))
         payload, verdicts, unredacted = Payload(value), [], []
         for i, bound in enumerate(checks):
             verdict, redacted = _run(bound, payload, context)
@@ -180,7 +179,8 @@ class Pipeline:
         """The payload for the audit trail: clipped first (so this scan is bounded), then what
         flagging or blocking checks found redacted where those checks can redact (scanned
         afresh: a later redaction may have moved it)."""
-        recorded = Payload(clipped(payload.value, self.record_limit))
+        clipped = payload.clipped(self.record_limit)
+        recorded = payload if clipped is payload.value else Payload(clipped)
         for check in checks:
             try:
                 findings = check.scan(recorded, context)
