@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -103,6 +104,46 @@ def start_server(gateway: Gateway) -> None:
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
 
 
+def stop_server(gateway: Gateway) -> None:
+    assert gateway.process is not None
+    gateway.process.terminate()
+    try:
+        gateway.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        gateway.process.kill()
+
+
+def worker_start(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes]:
+    """A real Celery worker (prefork, one child), writing to ``log``, in its own process group
+    so ``worker_stop`` can kill it whole."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "orchestrator", "worker",
+                "--pool", "prefork", "--concurrency", "1", "-Q", "celery",
+                "--loglevel", "INFO", "--hostname", f"{name}@%h",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def worker_stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is not None:
+        return
+    worker.terminate()  # the worker's warm shutdown stops its pool children
+    try:
+        worker.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     data_dir = tmp_path_factory.mktemp("gateway")
@@ -140,12 +181,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw.manage("rule_add", "--tenant", "acme", "--agent", "alice", "--tool", "testkit__*")
     start_server(gw)
     yield gw
-    assert gw.process is not None
-    gw.process.terminate()
-    try:
-        gw.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        gw.process.kill()
+    stop_server(gw)
 
 
 @contextlib.asynccontextmanager
@@ -187,9 +223,9 @@ def jsonrpc(method: str, params: dict[str, Any] | None = None, id: int | str = 1
     return json.dumps(message)
 
 
-def admin_login(gateway: Gateway, username: str, password: str) -> httpx2.Client:
-    """A Django admin session on the live server, as superuser ``username`` (created on first
-    use; ``password`` is a throwaway on a test database)."""
+def admin_create(gateway: Gateway, username: str, password: str) -> None:
+    """Superuser ``username`` on the gateway's database, unless it exists (``password`` is a
+    throwaway on a test database)."""
     with_password = Gateway(
         data_dir=gateway.data_dir, env={**gateway.env, "DJANGO_SUPERUSER_PASSWORD": password}
     )
@@ -202,6 +238,11 @@ def admin_login(gateway: Gateway, username: str, password: str) -> httpx2.Client
         f"{username}@example.test",
         check=False,  # exists already when a module reruns
     )
+
+
+def admin_login(gateway: Gateway, username: str, password: str) -> httpx2.Client:
+    """A Django admin session on the live server, as superuser ``username``."""
+    admin_create(gateway, username, password)
     session = httpx2.Client(base_url=gateway.base, follow_redirects=False, timeout=10)
     session.get("/admin/login/")
     answer = session.post(

@@ -32,7 +32,7 @@ import httpx2
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.e2e.conftest import ROOT, TESTKIT, Gateway, mcp_client, start_server
+from tests.e2e.conftest import ROOT, TESTKIT, Gateway, mcp_client, start_server, stop_server
 
 pytestmark = pytest.mark.e2e
 
@@ -97,12 +97,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw.tokens = dict(line.split() for line in done.stdout.splitlines())
     start_server(gw)
     yield gw
-    assert gw.process is not None
-    gw.process.terminate()
-    try:
-        gw.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        gw.process.kill()
+    stop_server(gw)
 
 
 # --- the flood --------------------------------------------------------------------------------

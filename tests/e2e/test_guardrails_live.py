@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +23,15 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 
-from tests.e2e.conftest import CALL_TIMEOUT, ROOT, TESTKIT, Gateway, admin_login, mcp_client
+from tests.e2e.conftest import (
+    CALL_TIMEOUT,
+    TESTKIT,
+    Gateway,
+    admin_login,
+    mcp_client,
+    worker_start,
+    worker_stop,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -396,20 +402,7 @@ def worker(gateway: Gateway) -> Iterator[Path]:
     broker, its model loaded before the first call. Yields its log."""
     log = gateway.data_dir / "guard-worker.log"
     env = {**gateway.env, "SLOW_CHECK_PRELOAD": "1", "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "orchestrator", "worker",
-                "--pool", "prefork", "--concurrency", "1", "-Q", "celery",
-                "--loglevel", "INFO", "--hostname", "guard@%h",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killed whole, by its id
-        )  # fmt: skip
+    process = worker_start(env, "guard", log)
     try:
         deadline = time.monotonic() + 120
         while "corpus lines loaded" not in log.read_text():
@@ -418,13 +411,7 @@ def worker(gateway: Gateway) -> Iterator[Path]:
             time.sleep(0.2)
         yield log
     finally:
-        process.terminate()  # the worker's warm shutdown stops its pool child
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        worker_stop(process)
 
 
 def wait_for(fetch, what: str, seconds: float = 30):

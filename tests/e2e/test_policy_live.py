@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,19 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 
-from tests.e2e.conftest import TESTKIT, Gateway, list_all, mcp_client, start_server
+from tests.e2e.conftest import (
+    TESTKIT,
+    Gateway,
+    admin_create,
+    admin_login,
+    list_all,
+    mcp_client,
+    start_server,
+    stop_server,
+)
 
 TENANT = "beta"
+ADMIN = "policy-admin"
 ADMIN_PASSWORD = "policy-admin-pw"  # a throwaway login on a test database
 
 
@@ -210,39 +219,6 @@ async def test_the_audit_record_names_the_rule_and_keeps_shadow_verdicts(gateway
     assert record["policy_version"] is not None
 
 
-def ensure_admin(gateway: Gateway) -> None:
-    with_password = replace(
-        gateway, env={**gateway.env, "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD}
-    )
-    with_password.manage(
-        "createsuperuser",
-        "--noinput",
-        "--username",
-        "policy-admin",
-        "--email",
-        "a@example.test",
-        check=False,  # exists already when the module reruns
-    )
-
-
-def admin_session(gateway: Gateway) -> httpx2.Client:
-    """A logged-in Django admin session on the live server."""
-    ensure_admin(gateway)
-    session = httpx2.Client(base_url=gateway.base, follow_redirects=False, timeout=10)
-    session.get("/admin/login/")
-    answer = session.post(
-        "/admin/login/?next=/admin/",
-        data={
-            "username": "policy-admin",
-            "password": ADMIN_PASSWORD,
-            "csrfmiddlewaretoken": session.cookies["csrftoken"],
-        },
-        headers={"Referer": f"{gateway.base}/admin/login/"},
-    )
-    assert answer.status_code == 302, answer.text[:500]
-    return session
-
-
 async def test_a_rule_saved_in_admin_applies_to_a_connected_agent_within_a_second(
     gateway, beta, imported
 ):
@@ -250,7 +226,7 @@ async def test_a_rule_saved_in_admin_applies_to_a_connected_agent_within_a_secon
     status = {"repo_path": sandbox}
     [tenant] = gateway.query("SELECT id FROM governance_tenant WHERE slug = ?", (TENANT,))
     [agent] = gateway.query("SELECT id FROM governance_agent WHERE name = 'pat'")
-    session = await asyncio.to_thread(admin_session, gateway)
+    session = await asyncio.to_thread(admin_login, gateway, ADMIN, ADMIN_PASSWORD)
     async with mcp_client(gateway, beta["token"], transport="ws", mode="legacy") as client:
         assert (await outcome(client, "git__git_status", status))[0] == "ok"
         form = {
@@ -308,8 +284,7 @@ async def test_a_change_reaches_connected_agents_on_every_gateway_process(gatewa
             )
             assert max(waits) < 1.0
     finally:
-        second.process.terminate()
-        second.process.wait(timeout=10)
+        stop_server(second)
         import_policy(gateway, beta)  # as it was
 
 
@@ -319,10 +294,10 @@ async def test_the_policy_api_checks_and_refuses_bad_documents_on_the_live_serve
     """The REST API with HTTP Basic, as a CI pipeline uses it: a check names the rule; a bad
     document is refused with every problem's place, changes nothing, and a connected agent
     goes on as before."""
-    await asyncio.to_thread(ensure_admin, gateway)
+    await asyncio.to_thread(admin_create, gateway, ADMIN, ADMIN_PASSWORD)
     api = httpx2.Client(
         base_url=f"{gateway.base}/api/v1/tenants/{TENANT}",
-        auth=("policy-admin", ADMIN_PASSWORD),
+        auth=(ADMIN, ADMIN_PASSWORD),
         timeout=10,
     )
     ids = rule_ids(gateway)

@@ -13,15 +13,13 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 from mcp import Client, MCPError
 
-from tests.e2e.conftest import TESTKIT, Gateway, list_all, mcp_client
+from tests.e2e.conftest import TESTKIT, Gateway, admin_login, list_all, mcp_client
 
 pytestmark = pytest.mark.e2e
 
@@ -87,38 +85,9 @@ async def refusal(client: Client, name: str, arguments: dict[str, Any]) -> MCPEr
     return refused.value
 
 
-def admin_session(gateway: Gateway) -> httpx2.Client:
-    """A logged-in Django admin session on the live server."""
-    with_password = replace(
-        gateway, env={**gateway.env, "DJANGO_SUPERUSER_PASSWORD": ADMIN_PASSWORD}
-    )
-    with_password.manage(
-        "createsuperuser",
-        "--noinput",
-        "--username",
-        ADMIN,
-        "--email",
-        "rug@example.test",
-        check=False,  # exists already when the module reruns
-    )
-    session = httpx2.Client(base_url=gateway.base, follow_redirects=False, timeout=10)
-    session.get("/admin/login/")
-    answer = session.post(
-        "/admin/login/?next=/admin/",
-        data={
-            "username": ADMIN,
-            "password": ADMIN_PASSWORD,
-            "csrfmiddlewaretoken": session.cookies["csrftoken"],
-        },
-        headers={"Referer": f"{gateway.base}/admin/login/"},
-    )
-    assert answer.status_code == 302, answer.text[:500]
-    return session
-
-
 def approve_in_admin(gateway: Gateway, tool_id: int) -> None:
     """The tool list's action "Approve the current version", as a reviewer would use it."""
-    with contextlib.closing(admin_session(gateway)) as session:
+    with contextlib.closing(admin_login(gateway, ADMIN, ADMIN_PASSWORD)) as session:
         listing = "/admin/governance/tool/"
         shown = session.get(f"{listing}?status__exact=quarantined")
         assert shown.status_code == 200

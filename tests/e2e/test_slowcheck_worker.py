@@ -21,8 +21,10 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.conftest import ROOT, worker_start, worker_stop
+
 pytestmark = pytest.mark.e2e
-ROOT = Path(__file__).resolve().parents[2]
+
 SLEEP = 4.0  # seconds each attempt of the check takes
 
 
@@ -55,20 +57,7 @@ class Site:
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         log = self.data_dir / f"{name}.log"
-        with log.open("wb") as out:
-            worker = subprocess.Popen(
-                [
-                    sys.executable, "-m", "celery", "-A", "orchestrator", "worker",
-                    "--pool", "prefork", "--concurrency", "1", "-Q", "celery",
-                    "--loglevel", "INFO", "--hostname", f"{name}@%h",
-                    "--without-gossip", "--without-mingle", "--without-heartbeat",
-                ],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: killed whole, by its id
-            )  # fmt: skip
+        worker = worker_start(self.env, name, log)
         self.workers.append(worker)
         wait_for(lambda: "ready." in log.read_text(), 60, f"{name} to start", log)
         return worker
@@ -140,14 +129,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
     s.run("manage.py", "tenant_create", "acme")
     yield s
     for worker in s.workers:
-        if worker.poll() is None:
-            worker.terminate()  # the worker's warm shutdown stops its pool children
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait(timeout=10)
+        worker_stop(worker)
 
 
 def test_a_killed_pool_child_is_replaced_and_the_check_completes_once(site: Site):
