@@ -3,13 +3,16 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator.gateway import gateway_shutdown
+from tests.pg import PostgresCluster, pg_bin
 
 
 @pytest.fixture
@@ -53,3 +56,29 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster on a free loopback port, for the session (tests/pg.py)."""
+    try:
+        pg_bin("initdb")
+    except FileNotFoundError:
+        pytest.fail("PostgreSQL is not installed (make test installs it with apt)")
+    # Not tmp_path_factory: pytest keeps its base directory 0700 for root, and resets it at
+    # every session start, so the postgres OS user the server runs as could not reach it.
+    with tempfile.TemporaryDirectory(prefix="pytest-pg-") as workdir:
+        cluster = PostgresCluster(Path(workdir))
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresCluster) -> Iterator[str]:
+    """A fresh, uniquely named database in the session cluster; yields its URL."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    yield postgres_cluster.create_database(name)
+    postgres_cluster.drop_database(name)
