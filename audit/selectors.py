@@ -9,7 +9,7 @@ from governance.models import Tenant
 def audit_record_list(*, tenant: Tenant, limit: int) -> list[AuditRecord]:
     """The tenant's latest ``limit`` records, oldest first."""
     latest = (
-        AuditRecord.objects.filter(tenant=tenant).select_related("tenant").order_by("-id")[:limit]
+        AuditRecord.objects.filter(tenant=tenant).select_related("tenant").order_by("-seq")[:limit]
     )
     return list(reversed(latest))
 
@@ -17,6 +17,7 @@ def audit_record_list(*, tenant: Tenant, limit: int) -> list[AuditRecord]:
 def audit_record_as_dict(record: AuditRecord) -> dict[str, Any]:
     return {
         "id": record.id,
+        "seq": record.seq,
         "call_id": str(record.call_id),
         "kind": record.kind,
         "tenant": record.tenant.slug,
@@ -38,7 +39,12 @@ def audit_record_as_dict(record: AuditRecord) -> dict[str, Any]:
         "outcome": record.outcome,
         "error": record.error,
         "result_digest": record.result_digest,
-        "latency_ms": record.latency_ms,
+        "latency_us": record.latency_us,
         "started_at": record.started_at.isoformat(),
         "created_at": record.created_at.isoformat(),
+        "actor": record.actor,
+        "subject": record.subject,
+        "diff": record.diff,
+        "prev_hash": record.prev_hash,
+        "hash": record.hash,
     }

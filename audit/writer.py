@@ -1,8 +1,8 @@
 """Group commit for audit records.
 
 Callers ``await writer.write(record)``; records that arrive while a transaction is in flight
-are committed together in the next one, and each caller resumes when its own batch is
-durable. A single writer thread keeps the ORM off the event loop and SQLite free of write
+are chained and committed together in the next one, and each caller resumes when its own
+batch is durable. A single writer thread keeps the ORM off the event loop and SQLite free of write
 contention between our own threads (DESIGN.md §5: one write per call caps a process at
 ~200 calls/s; one write per batch does not).
 """
@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.db import close_old_connections, transaction
 
+from audit.chain import chain_append
 from audit.models import AuditRecord
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ class AuditWriter:
             await asyncio.gather(*self._unfinished, return_exceptions=True)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self._wakeup is not None
         while True:
             await self._wakeup.wait()
@@ -59,24 +59,43 @@ class AuditWriter:
             while self._pending:
                 batch = self._pending[: self._batch_max]
                 del self._pending[: self._batch_max]
-                try:
-                    await loop.run_in_executor(self._executor, _commit, [r for r, _ in batch])
-                except Exception as exc:
-                    logger.exception("audit batch of %d records failed", len(batch))
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                else:
-                    self.batches_committed += 1
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_result(None)
+                if not await self._commit(batch) and len(batch) > 1:
+                    # One record the database refuses must not fail the other callers' calls:
+                    # commit them one by one, so only that record's caller gets the error.
+                    logger.warning("retrying a failed audit batch record by record")
+                    for one in batch:
+                        await self._commit([one])
+
+    async def _commit(self, batch: list[tuple[AuditRecord, asyncio.Future[None]]]) -> bool:
+        """Commit ``batch`` and settle its callers; False (callers unsettled) if a batch of
+        several failed."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, _commit, [r for r, _ in batch])
+        except Exception as exc:
+            logger.exception("audit batch of %d records failed", len(batch))
+            if len(batch) > 1:
+                return False
+            _settle(batch, exc)
+            return True
+        self.batches_committed += 1
+        _settle(batch, None)
+        return True
+
+
+def _settle(batch: list[tuple[AuditRecord, asyncio.Future[None]]], exc: Exception | None) -> None:
+    for _, done in batch:
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
 
 
 def _commit(records: list[AuditRecord]) -> None:
     try:
         with transaction.atomic():
-            AuditRecord.objects.bulk_create(records)
+            chain_append(records)
     except Exception:
         close_old_connections()
         raise

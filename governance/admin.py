@@ -1,5 +1,6 @@
 """Django admin for governance data. Every save bumps the tenant's version so live gateways
-apply the change within GOVERNANCE_POLL_SECONDS."""
+apply the change within GOVERNANCE_POLL_SECONDS, and is recorded in the tenant's audit chain
+(who, what, the diff) in the same transaction."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Model, Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils import timezone
 from django.utils.html import format_html
 
 from governance.models import (
@@ -32,42 +32,91 @@ from governance.models import (
 )
 from governance.selectors import policy_explain
 from governance.services.agents import token_issue, token_revoke
+from governance.services.changes import (
+    Snapshot,
+    change_record,
+    object_snapshot,
+    removals_prepare,
+    removals_record,
+    tenant_id_of,
+)
 from governance.services.guardrails import guardrail_defaults_create, guardrail_validate
 from governance.services.policy import rule_validate
-from governance.services.toolservers import ToolChangedError, tool_approve, tool_pin_diff
+from governance.services.toolservers import (
+    ToolChangedError,
+    alerts_resolve,
+    tool_approve,
+    tool_pin_diff,
+)
 from governance.services.versions import tenant_version_bump
 
 
-def _tenant_id(obj) -> int:
-    if isinstance(obj, Tenant):
-        return obj.id
-    if isinstance(obj, AgentToken):
-        return obj.agent.tenant_id
-    if isinstance(obj, Tool):
-        return obj.server.tenant_id
-    return obj.tenant_id
+def _actor(request: HttpRequest) -> str:
+    return request.user.get_username()
+
+
+def _stored(obj: Model) -> Snapshot:
+    """The row as the database holds it: the form has already changed ``obj`` in memory."""
+    return object_snapshot(type(obj)._default_manager.select_for_update().get(pk=obj.pk))
 
 
 class VersionedAdmin(admin.ModelAdmin):
-    """Saves and deletes through the admin count as governance changes."""
+    """Saves and deletes through the admin count as governance changes: each bumps the
+    tenant's version and appends one admin record per object to the tenant's audit chain, in
+    the transaction of the change (the admin's add, change and delete views run in one)."""
 
     def save_model(self, request, obj, form, change):
         with transaction.atomic():
+            # Read before the write; recorded in save_related, once the many-to-many fields
+            # (an agent's roles) are saved as well.
+            form.audit_before = _stored(obj) if change else None
             super().save_model(request, obj, form, change)
-            tenant_version_bump(tenant_id=_tenant_id(obj))
+            tenant_version_bump(tenant_id=tenant_id_of(obj))
+
+    def save_related(self, request, form, formsets, change):
+        with transaction.atomic():
+            form.save_m2m()  # what ModelAdmin.save_related does, with the record in between
+            change_record(
+                actor=_actor(request),
+                action="changed" if change else "created",
+                obj=form.instance,
+                before=form.audit_before,
+            )
+            for formset in formsets:
+                self.save_formset(request, form, formset, change=change)
+
+    def save_formset(self, request, form, formset, change):
+        # Inline rows (an agent's tokens) are objects of their own: one record each.
+        with transaction.atomic():
+            ids = [f.instance.pk for f in formset.initial_forms if f.instance.pk is not None]
+            stored = formset.model._default_manager.select_for_update().filter(pk__in=ids)
+            before = {obj.pk: object_snapshot(obj) for obj in stored}
+            removals = removals_prepare(f.instance for f in formset.deleted_forms)
+            super().save_formset(request, form, formset, change)
+            actor = _actor(request)
+            for obj in formset.new_objects:
+                change_record(actor=actor, action="created", obj=obj, before=None)
+            for obj, _ in formset.changed_objects:
+                change_record(actor=actor, action="changed", obj=obj, before=before[obj.pk])
+            removals_record(removals, actor=actor)
 
     def delete_model(self, request, obj):
         with transaction.atomic():
-            tenant_id = _tenant_id(obj)
+            tenant_id = tenant_id_of(obj)
+            removals = removals_prepare([obj])
             super().delete_model(request, obj)
             tenant_version_bump(tenant_id=tenant_id)
+            removals_record(removals, actor=_actor(request))
 
     def delete_queryset(self, request, queryset):
         with transaction.atomic():
-            tenant_ids = {_tenant_id(obj) for obj in queryset}
+            objs = sorted(queryset, key=lambda obj: obj.pk)  # recorded in id order
+            tenant_ids = {tenant_id_of(obj) for obj in objs}
+            removals = removals_prepare(objs)
             super().delete_queryset(request, queryset)
-            for tenant_id in tenant_ids:
+            for tenant_id in sorted(tenant_ids):
                 tenant_version_bump(tenant_id=tenant_id)
+            removals_record(removals, actor=_actor(request))
 
 
 class NoEditing:
@@ -85,6 +134,9 @@ class NoEditing:
 
     def save_model(self, request, obj, form, change):
         pass  # nothing on the page is editable; never write back a stale copy of the row
+
+    def save_related(self, request, form, formsets, change):
+        pass  # nor of its relations: nothing was saved, nothing is recorded
 
 
 class NoDeleting:
@@ -116,11 +168,11 @@ class TenantAdmin(VersionedAdmin):
     search_fields = ["slug", "name"]
     readonly_fields = ["version", "created_at"]
 
-    def save_model(self, request, obj, form, change):
+    def save_related(self, request, form, formsets, change):
         with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            if not change:
-                guardrail_defaults_create(tenant=obj)  # as tenant_create gives them
+            super().save_related(request, form, formsets, change)
+            if not change:  # as tenant_create gives them, recorded after the tenant
+                guardrail_defaults_create(tenant=form.instance, actor=_actor(request))
 
 
 class TokenInline(admin.TabularInline):
@@ -157,7 +209,7 @@ class AgentAdmin(VersionedAdmin):
     @admin.action(description="Issue a new token (shown once)")
     def issue_token(self, request, queryset):
         for agent in queryset:
-            issued = token_issue(agent=agent)
+            issued = token_issue(agent=agent, actor=_actor(request))
             self.message_user(
                 request,
                 f"Token for {agent}: {issued.token} — copy it now, it is not stored.",
@@ -166,7 +218,7 @@ class AgentAdmin(VersionedAdmin):
 
 
 @admin.register(AgentToken)
-class AgentTokenAdmin(admin.ModelAdmin):
+class AgentTokenAdmin(VersionedAdmin):
     list_display = ["prefix", "agent", "created_at", "expires_at", "revoked_at"]
     list_filter = ["agent__tenant", "revoked_at"]
     search_fields = ["prefix", "agent__name"]
@@ -177,15 +229,10 @@ class AgentTokenAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # tokens are issued from the agent page, where the secret is shown once
 
-    def save_model(self, request, obj, form, change):
-        with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            tenant_version_bump(tenant_id=obj.agent.tenant_id)
-
     @admin.action(description="Revoke (closes live connections)")
     def revoke(self, request, queryset):
         for token in queryset.select_related("agent"):
-            token_revoke(token=token)
+            token_revoke(token=token, actor=_actor(request))
 
 
 class ToolInline(admin.TabularInline):
@@ -204,7 +251,7 @@ def _approve(request: HttpRequest, tools) -> tuple[int, list[str]]:
     """Approve each tool as it is now; the count, and the names approved despite findings."""
     approved, flagged = 0, []
     for tool in tools:
-        tool = tool_approve(tool=tool, by=request.user.get_username())
+        tool = tool_approve(tool=tool, actor=_actor(request))
         approved += 1
         if tool.findings:
             flagged.append(str(tool))
@@ -314,7 +361,7 @@ class ToolAdmin(NoEditing, VersionedAdmin):
         try:
             tool = tool_approve(
                 tool=tool,
-                by=request.user.get_username(),
+                actor=_actor(request),
                 fingerprint=request.POST.get("_fingerprint", ""),
             )
         except ToolChangedError as exc:
@@ -564,10 +611,7 @@ class AlertAdmin(NoEditing, NoDeleting, admin.ModelAdmin):
 
     @admin.action(description="Mark resolved", permissions=["change"])
     def mark_resolved(self, request, queryset):
-        # Bookkeeping for reviewers only: no governance state changes, no version bump.
-        count = queryset.filter(resolved_at__isnull=True).update(
-            resolved_at=timezone.now(), resolved_by=request.user.get_username()
-        )
+        count = alerts_resolve(alerts=queryset, actor=_actor(request))
         self.message_user(request, f"Marked {count} alert(s) resolved.", messages.SUCCESS)
 
 

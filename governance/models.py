@@ -30,6 +30,12 @@ class Tenant(models.Model):
     # Bumped by every change that alters what this tenant's agents may do. Each gateway process
     # polls it and reloads its in-memory view: the database, not a message, is the truth.
     version = models.PositiveBigIntegerField(default=1)
+    audit_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Audit records older than this many days are pruned (a signed checkpoint "
+        "keeps the rest verifiable). Empty: keep them forever.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:

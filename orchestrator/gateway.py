@@ -518,7 +518,7 @@ class CallLog:
             outcome=outcome,
             error=error,
             result_digest=_digest(result) if result is not None else "",
-            latency_ms=(time.perf_counter() - self.t0) * 1000,
+            latency_us=round((time.perf_counter() - self.t0) * 1e6),
             created_at=timezone.now(),
         )
 

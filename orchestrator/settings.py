@@ -154,12 +154,18 @@ CELERY_WORKER_LOST_WAIT = env_float("CELERY_WORKER_LOST_WAIT", 2.0, minimum=0.1)
 # How often pending slow checks left by a dead worker are re-sent. Run exactly one beat: the
 # embedded worker has it built in (-B); in production, one `celery -A orchestrator beat`.
 SLOW_CHECK_SWEEP_SECONDS = env_float("SLOW_CHECK_SWEEP_SECONDS", 15.0, minimum=1.0)
+# A signed checkpoint of every tenant's audit chain head that moved, this often.
+AUDIT_CHECKPOINT_SECONDS = env_float("AUDIT_CHECKPOINT_SECONDS", 60.0, minimum=1.0)
+# Retention pruning (tenants with an audit retention period), this often.
+AUDIT_PRUNE_SECONDS = env_float("AUDIT_PRUNE_SECONDS", 3600.0, minimum=1.0)
 CELERY_BEAT_SCHEDULE = {
     "sweep-slow-checks": {
         "task": "governance.sweep_slow_checks",
         "schedule": SLOW_CHECK_SWEEP_SECONDS,
         "kwargs": {"older_than_seconds": 30},
     },
+    "audit-checkpoint": {"task": "audit.checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS},
+    "audit-prune": {"task": "audit.prune", "schedule": AUDIT_PRUNE_SECONDS},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
@@ -193,6 +199,12 @@ GOVERNANCE_POLL_SECONDS = env_float("GOVERNANCE_POLL_SECONDS", 0.25, minimum=0.0
 AUDIT_BATCH_MAX = env_int("AUDIT_BATCH_MAX", 500, minimum=1)
 # Strings in recorded arguments are kept up to this many characters, then cut and marked.
 AUDIT_MAX_STRING_CHARS = env_int("AUDIT_MAX_STRING_CHARS", 4096, minimum=64)
+# The Ed25519 key that signs audit checkpoints: its 32-byte seed, base64. Every process of a
+# deployment needs the same one. Empty: a key kept in DATA_DIR/audit-signing.key, made on
+# first use (fine for one machine; `manage.py audit_public_key` prints its public half).
+AUDIT_SIGNING_KEY = env_str("AUDIT_SIGNING_KEY", "")
+# Public keys (base64) of former signing keys, so checkpoints they signed still verify.
+AUDIT_TRUSTED_KEYS = env_list("AUDIT_TRUSTED_KEYS", [])
 # Upstream reconnect backoff (seconds): first wait and ceiling.
 UPSTREAM_BACKOFF_INITIAL = env_float("UPSTREAM_BACKOFF_INITIAL", 0.2, minimum=0.0)
 UPSTREAM_BACKOFF_MAX = env_float("UPSTREAM_BACKOFF_MAX", 10.0, minimum=0.0)

@@ -197,8 +197,10 @@ HELDOUT_BENIGN = [
 
 
 def _submit(args: argparse.Namespace) -> None:
+    from django.db import transaction
     from django.utils import timezone
 
+    from audit.chain import chain_append
     from audit.models import AuditRecord
     from governance.engine.guardrails.base import Action
     from governance.engine.guardrails.pipeline import GuardrailSpec
@@ -208,7 +210,7 @@ def _submit(args: argparse.Namespace) -> None:
     tenant = Tenant.objects.get(slug=args.tenant)
     call_id = uuid.uuid4()
     now = timezone.now()
-    AuditRecord.objects.create(
+    intent = AuditRecord(
         call_id=call_id,
         kind=AuditRecord.Kind.INTENT,
         tenant=tenant,
@@ -220,6 +222,8 @@ def _submit(args: argparse.Namespace) -> None:
         started_at=now,
         created_at=now,
     )
+    with transaction.atomic():
+        chain_append([intent])
     spec = GuardrailSpec(
         id=0,
         name=args.check,

@@ -210,7 +210,9 @@ class PolicyView(_StaffAPIView):
             message = "empty body: send a policy document (an empty policy is `format: 1`)"
             return Response(_errors(("document", message)), status=status.HTTP_400_BAD_REQUEST)
         try:
-            summary = policy_import(tenant=tenant, text=text, dry_run=dry_run)
+            summary = policy_import(
+                tenant=tenant, text=text, dry_run=dry_run, actor=request.user.get_username()
+            )
         except PolicyImportError as exc:
             return Response(_errors(*exc.errors), status=status.HTTP_400_BAD_REQUEST)
         return Response({"roles": summary.roles, "rules": summary.rules, "dry_run": dry_run})

@@ -10,6 +10,7 @@ from django.db import transaction
 from governance.engine.guardrails.base import ConfigError
 from governance.engine.guardrails.pipeline import INLINE_CHECKS, SLOW_CHECKS, config_validate
 from governance.models import Guardrail, Tenant
+from governance.services.changes import SYSTEM, change_record, object_snapshot
 from governance.services.versions import tenant_version_bump
 from governance.slowchecks import slow_check_get
 
@@ -34,7 +35,7 @@ DEFAULT_GUARDRAILS: tuple[dict[str, Any], ...] = (
 
 
 @transaction.atomic
-def guardrail_defaults_create(*, tenant: Tenant) -> list[Guardrail]:
+def guardrail_defaults_create(*, tenant: Tenant, actor: str = SYSTEM) -> list[Guardrail]:
     """Give a tenant the default checks it does not have a tenant-wide row for yet."""
     have = set(
         Guardrail.objects.filter(tenant=tenant, agent=None, tool="").values_list("name", flat=True)
@@ -46,6 +47,8 @@ def guardrail_defaults_create(*, tenant: Tenant) -> list[Guardrail]:
     ]
     if created:
         tenant_version_bump(tenant_id=tenant.id)
+    for guardrail in created:
+        change_record(actor=actor, action="created", obj=guardrail, before=None)
     return created
 
 
@@ -78,9 +81,19 @@ def guardrail_validate(guardrail: Guardrail) -> None:
 
 
 @transaction.atomic
-def guardrail_save(*, guardrail: Guardrail) -> Guardrail:
+def guardrail_save(*, guardrail: Guardrail, actor: str = SYSTEM) -> Guardrail:
+    """Create or change a guardrail row (validated as the admin's form validates it)."""
     guardrail.full_clean()
     guardrail_validate(guardrail)
+    stored = (
+        Guardrail.objects.select_for_update().filter(pk=guardrail.pk).first()
+        if guardrail.pk
+        else None
+    )
+    before = object_snapshot(stored) if stored else None
     guardrail.save()
     tenant_version_bump(tenant_id=guardrail.tenant_id)
+    change_record(
+        actor=actor, action="changed" if before else "created", obj=guardrail, before=before
+    )
     return guardrail

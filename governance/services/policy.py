@@ -1,7 +1,8 @@
 """Writes to a tenant's policy: roles, rules, and the whole policy as a YAML document.
 
-Every write validates with the engine's own compiler (one definition of a valid rule) and
-bumps the tenant's version in the same transaction, so every gateway process applies it.
+Every write validates with the engine's own compiler (one definition of a valid rule),
+bumps the tenant's version in the same transaction, so every gateway process applies it, and
+is recorded in the tenant's audit chain as ``actor``'s act.
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ from pydantic import ValidationError as SchemaError
 from governance.engine.policy import PolicyError, rule_compile
 from governance.models import Agent, Role, Rule, Tenant
 from governance.selectors import rule_spec
+from governance.services.changes import (
+    SYSTEM,
+    Snapshot,
+    admin_record_append,
+    change_record,
+    object_subject,
+    objects_diff,
+    objects_state,
+    removals_prepare,
+    removals_record,
+)
 from governance.services.versions import tenant_version_bump
 
 POLICY_FORMAT = 1
@@ -41,12 +53,18 @@ def rule_validate(*, rule: Rule) -> None:
 
 
 def role_create(
-    *, tenant: Tenant, name: str, description: str = "", agents: Iterable[Agent] = ()
+    *,
+    tenant: Tenant,
+    name: str,
+    description: str = "",
+    agents: Iterable[Agent] = (),
+    actor: str = SYSTEM,
 ) -> Role:
     with transaction.atomic():
         role = Role.objects.create(tenant=tenant, name=name, description=description)
         role.agents.set(agents)
         tenant_version_bump(tenant_id=tenant.id)
+        change_record(actor=actor, action="created", obj=role, before=None)
     return role
 
 
@@ -63,6 +81,7 @@ def rule_create(
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
     description: str = "",
+    actor: str = SYSTEM,
 ) -> Rule:
     rule = Rule(
         tenant=tenant,
@@ -81,13 +100,16 @@ def rule_create(
     with transaction.atomic():
         rule.save()
         tenant_version_bump(tenant_id=tenant.id)
+        change_record(actor=actor, action="created", obj=rule, before=None)
     return rule
 
 
-def rule_delete(*, rule: Rule) -> None:
+def rule_delete(*, rule: Rule, actor: str = SYSTEM) -> None:
     with transaction.atomic():
+        removals = removals_prepare([rule])
         rule.delete()
         tenant_version_bump(tenant_id=rule.tenant_id)
+        removals_record(removals, actor=actor)
 
 
 # --- policy as code ----------------------------------------------------------------------------
@@ -232,24 +254,44 @@ class _Plan:
     placed: list[tuple[RuleDoc, str | None, str | None]] = field(default_factory=list)
 
 
-def policy_import(*, tenant: Tenant, text: str | bytes, dry_run: bool = False) -> ImportSummary:
+def policy_import(
+    *, tenant: Tenant, text: str | bytes, dry_run: bool = False, actor: str = SYSTEM
+) -> ImportSummary:
     """Make the tenant's roles, memberships and rules exactly what the document says.
 
     Everything is validated first and every problem reported with its location; then the
     change is applied in one transaction (all or nothing) and the tenant's version bumped.
     Roles are matched by name, rules by ``id``; rules without an id are created; roles and
     rules the document does not mention are deleted. A dry run counts the same changes and
-    keeps none.
+    keeps none. An import that changes something is recorded as one ``imported`` record:
+    each role and rule created, changed or deleted, with its fields before and after.
     """
     doc = _parse(text)
     plan = _plan(doc, tenant)
     with transaction.atomic():
+        before = {} if dry_run else _policy_state(tenant)
         summary = _apply(doc, plan, tenant)
         if dry_run:
             transaction.set_rollback(True)  # counted, not kept
         else:
             tenant_version_bump(tenant_id=tenant.id)
+            diff = objects_diff(before, _policy_state(tenant))
+            if diff:
+                admin_record_append(
+                    tenant=tenant,
+                    actor=actor,
+                    action="imported",
+                    subject=object_subject(tenant),
+                    diff=diff,
+                )
     return summary
+
+
+def _policy_state(tenant: Tenant) -> dict[str, Snapshot]:
+    """The tenant's roles and rules, locked: what the import's record compares."""
+    roles = Role.objects.select_for_update().filter(tenant=tenant).order_by("id")
+    rules = Rule.objects.select_for_update().filter(tenant=tenant).order_by("id")
+    return objects_state([*roles, *rules])
 
 
 def _plan(doc: PolicyDoc, tenant: Tenant) -> _Plan:

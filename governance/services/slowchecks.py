@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from audit.chain import chain_append
 from audit.models import AuditRecord
 from governance.engine.guardrails.base import ConfigError
 from governance.engine.guardrails.pipeline import GuardrailSpec
@@ -321,15 +322,17 @@ def _record(row: SlowCheck, intent: AuditRecord | None, now: datetime) -> AuditR
             policy_version=intent.policy_version,
             started_at=intent.started_at,
         )
-    return AuditRecord.objects.create(
+    record = AuditRecord(
         call_id=row.call_id,
         kind=AuditRecord.Kind.VERDICT,
         guardrails=[entry],
         flagged=row.verdict == SlowCheck.Verdict.FLAG,
-        latency_ms=(now - row.created_at).total_seconds() * 1000,
+        latency_us=round((now - row.created_at).total_seconds() * 1e6),
         created_at=now,
         **identity,
     )
+    chain_append([record])
+    return record
 
 
 def _alert(row: SlowCheck, intent: AuditRecord | None) -> Alert | None:

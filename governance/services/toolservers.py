@@ -7,6 +7,11 @@ the first connection after it) approves every tool it lists, except one whose de
 carries injection markers. After that, a new tool, or a changed description or schema, waits
 for an admin. A quarantined tool whose upstream goes back to exactly the approved version is
 approved again: it is what was approved.
+
+What agents may call is recorded in the tenant's audit chain: an admin's approval, and the
+catalog's own changes of it (a tool pinned on first listing, quarantined, reinstated or gone;
+by the ``gateway``, or whoever made the first listing). A quarantined tool that changes again,
+or a change of title or annotations only, changes nothing agents may call: not recorded.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import difflib
 import hashlib
 import json
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +30,14 @@ from django.utils import timezone
 from governance.engine.guardrails.injection import description_findings
 from governance.engine.types import exposed_tool_name
 from governance.models import Alert, Tenant, Tool, ToolServer
+from governance.services.changes import (
+    GATEWAY,
+    SYSTEM,
+    change_record,
+    object_snapshot,
+    removals_prepare,
+    removals_record,
+)
 from governance.services.versions import tenant_version_bump
 
 FIRST_LISTING = "first listing"  # approved_by of the tools a server's first listing pinned
@@ -111,6 +124,7 @@ def toolserver_add(
     env: dict[str, str] | None = None,
     url: str = "",
     headers: dict[str, str] | None = None,
+    actor: str = SYSTEM,
 ) -> ToolServer:
     if bool(command) == bool(url):
         raise ValueError("a tool server needs exactly one of a command (stdio) or a URL (HTTP)")
@@ -127,11 +141,12 @@ def toolserver_add(
     server.full_clean()
     server.save()
     tenant_version_bump(tenant_id=tenant.id)
+    change_record(actor=actor, action="created", obj=server, before=None)
     return server
 
 
 @transaction.atomic
-def tool_catalog_sync(*, server_id: int, tools: list[dict[str, Any]]) -> bool:
+def tool_catalog_sync(*, server_id: int, tools: list[dict[str, Any]], actor: str = GATEWAY) -> bool:
     """Store the tools a server listed (MCP tool dicts), called at every (re)connection and
     mid-session re-listing; True when the catalog, or a tool's status, changed.
 
@@ -160,13 +175,17 @@ def tool_catalog_sync(*, server_id: int, tools: list[dict[str, Any]]) -> bool:
             if first_listing and not tool.findings:
                 _pin(tool, view=view, by=FIRST_LISTING, now=now)
                 tool.save()
+                action = "approved"
             else:
                 _quarantine(tool, reason=_reason(tool, first_listing=first_listing), now=now)
+                action = "quarantined"
+            change_record(actor=actor, action=action, obj=tool, before=None)
             changed = True
             continue
         if all(getattr(tool, key) == value for key, value in fields.items()):
             continue
         redescribed = tool.fingerprint != fields["fingerprint"]
+        before = object_snapshot(tool)
         for key, value in fields.items():
             setattr(tool, key, value)
         changed = True
@@ -176,13 +195,18 @@ def tool_catalog_sync(*, server_id: int, tools: list[dict[str, Any]]) -> bool:
         tool.findings = tool_findings(view)
         if tool.fingerprint == tool.pinned_fingerprint:
             _reinstate(tool, now=now)
+            change_record(actor=actor, action="reinstated", obj=tool, before=before)
         elif tool.status == Tool.Status.APPROVED:
             _quarantine(tool, reason=_reason(tool, first_listing=False), now=now)
+            change_record(actor=actor, action="quarantined", obj=tool, before=before)
         else:  # quarantined and changed again: still waiting, one alert is enough
             tool.quarantine_reason = _reason(tool, first_listing=False)
             tool.save()
     if known:
-        Tool.objects.filter(id__in=[tool.id for tool in known.values()]).delete()
+        gone = sorted(known.values(), key=lambda tool: tool.id)
+        removals = removals_prepare(gone)
+        Tool.objects.filter(id__in=[tool.id for tool in gone]).delete()
+        removals_record(removals, actor=actor, action="removed")
         changed = True
     server.catalog_synced_at = now
     server.save(update_fields=["catalog_synced_at"])
@@ -253,11 +277,12 @@ def _alerts_resolve(tool: Tool, *, by: str, now: datetime) -> None:
 
 
 @transaction.atomic
-def tool_approve(*, tool: Tool, by: str, fingerprint: str | None = None) -> Tool:
+def tool_approve(*, tool: Tool, actor: str, fingerprint: str | None = None) -> Tool:
     """Pin the tool as it is now and let agents see and call it; its open quarantine alerts
     are resolved. With ``fingerprint`` (the version the reviewer looked at), refuse with
     ToolChangedError if the upstream changed it since. The description is scanned again and
-    its findings stored: approving a tool with findings is the admin's call."""
+    its findings stored: approving a tool with findings is the admin's call. ``actor`` is
+    who approved it (the tool's ``approved_by``)."""
     tool = Tool.objects.select_for_update().select_related("server").get(id=tool.id)
     if fingerprint is not None and fingerprint != tool.fingerprint:
         raise ToolChangedError(
@@ -266,13 +291,31 @@ def tool_approve(*, tool: Tool, by: str, fingerprint: str | None = None) -> Tool
     if tool.status == Tool.Status.APPROVED and tool.pinned_fingerprint == tool.fingerprint:
         return tool  # approved as it is already
     now = timezone.now()
+    before = object_snapshot(tool)
     view = _current_view(tool)
     tool.findings = tool_findings(view)
-    _pin(tool, view=view, by=by, now=now)
+    _pin(tool, view=view, by=actor, now=now)
     tool.save()
-    _alerts_resolve(tool, by=by, now=now)
+    _alerts_resolve(tool, by=actor, now=now)
     tenant_version_bump(tenant_id=tool.server.tenant_id)
+    change_record(actor=actor, action="approved", obj=tool, before=before)
     return tool
+
+
+@transaction.atomic
+def alerts_resolve(*, alerts: Iterable[Alert], actor: str) -> int:
+    """Mark open alerts resolved by ``actor``: how many were. Bookkeeping for reviewers (no
+    version bump), recorded all the same: who closed which alert."""
+    ids = [alert.id for alert in alerts]
+    now, resolved = timezone.now(), 0
+    open_alerts = Alert.objects.select_for_update().filter(id__in=ids, resolved_at__isnull=True)
+    for alert in open_alerts.order_by("id"):
+        before = object_snapshot(alert)
+        alert.resolved_at, alert.resolved_by = now, actor[:150]
+        alert.save(update_fields=["resolved_at", "resolved_by"])
+        change_record(actor=actor, action="resolved", obj=alert, before=before)
+        resolved += 1
+    return resolved
 
 
 def tool_pin_diff(tool: Tool) -> str:

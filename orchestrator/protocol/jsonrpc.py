@@ -7,6 +7,7 @@ docs/api.md lists them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: JSON has no infinity, and the audit chain refuses it
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def parse_message(raw: str | bytes, *, max_bytes: int) -> Message:
     """Parse and validate one JSON-RPC message; raise JsonRpcError saying what is wrong."""
     size = len(raw.encode() if isinstance(raw, str) else raw)
@@ -70,7 +78,7 @@ def parse_message(raw: str | bytes, *, max_bytes: int) -> Message:
             INVALID_REQUEST, f"message too large: {size} bytes exceeds the limit of {max_bytes}"
         )
     try:
-        data = json.loads(raw, parse_constant=_reject_constant)
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except UnicodeDecodeError:
         raise JsonRpcError(PARSE_ERROR, "parse error: message is not valid UTF-8") from None
     except RecursionError:

@@ -50,3 +50,19 @@ async def test_a_failed_batch_raises_in_every_waiting_caller():
     assert isinstance(results[0], Exception)
     tenant = await Tenant.objects.acreate(slug="after")
     await writer.write(record(tenant.id, 2))  # the writer keeps working
+
+
+async def test_a_record_the_database_refuses_fails_only_its_own_caller():
+    """A batch that fails is retried record by record: the others' calls go on."""
+    tenant = await Tenant.objects.acreate(slug="mixed")
+    writer = AuditWriter(batch_max=50)
+    good = [record(tenant.id, n) for n in range(20)]
+    bad = record(tenant_id=999_999, n=99)
+    results = await asyncio.gather(
+        *(writer.write(r) for r in [*good[:10], bad, *good[10:]]), return_exceptions=True
+    )
+    assert [isinstance(r, Exception) for r in results] == [False] * 10 + [True] + [False] * 10
+    stored = await sync_to_async(list)(
+        AuditRecord.objects.filter(tenant=tenant).order_by("seq").values_list("seq", "tool")
+    )
+    assert [seq for seq, _ in stored] == list(range(1, 21))  # the chain has no hole either

@@ -61,7 +61,7 @@ async def test_list_and_call_time_tool_is_audited(gateway: Gateway, transport, m
     assert outcome["outcome"] == "ok"
     assert outcome["protocol_era"] == ("stateless" if version == "2026-07-28" else "handshake")
     assert len(outcome["result_digest"]) == 64
-    assert outcome["latency_ms"] > 0
+    assert outcome["latency_us"] > 0
 
 
 async def test_tools_list_shows_only_allowed_tools(gateway: Gateway):
@@ -200,7 +200,10 @@ async def test_audit_tail_json_shows_intent_and_outcome(gateway: Gateway):
         "flagged",
         "outcome",
         "result_digest",
-        "latency_ms",
+        "latency_us",
+        "seq",
+        "prev_hash",
+        "hash",
         "started_at",
         "created_at",
     }

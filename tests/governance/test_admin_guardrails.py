@@ -349,8 +349,15 @@ def test_slow_checks_are_read_only(admin_client, tenant):
     assert admin_client.post(delete, {"post": "yes"}).status_code == 403
 
 
-def test_a_tenant_with_alerts_and_slow_checks_can_be_deleted_in_admin(admin_client, server):
-    tenant = server.tenant
+def test_a_tenant_with_alerts_and_slow_checks_can_be_deleted_in_admin(admin_client):
+    # Made with the ORM: the services record each change in the tenant's audit chain, and a
+    # tenant with audit records is kept (tests/governance/test_admin_audit.py).
+    tenant = Tenant.objects.create(slug="gone")
+    server = ToolServer.objects.create(
+        tenant=tenant, name="git", transport=ToolServer.Transport.STDIO, command="mcp-server-git"
+    )
+    status = Tool.objects.create(server=server, name="status", fingerprint="f")
+    Alert.objects.create(tenant=tenant, kind=Alert.Kind.TOOL_QUARANTINED, title="t", tool=status)
     SlowCheck.objects.create(
         tenant=tenant,
         call_id=uuid.uuid4(),

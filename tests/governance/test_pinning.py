@@ -193,7 +193,7 @@ def test_approving_pins_the_current_version_and_resolves_its_alerts(tenant, serv
     changed = {**STATUS, "description": "Show the status, briefly."}
     sync(server, changed, LOG)
     start = version(tenant)
-    tool = tool_approve(tool=get("status"), by="rita")
+    tool = tool_approve(tool=get("status"), actor="rita")
     assert version(tenant) == start + 1
     assert tool.status == Tool.Status.APPROVED
     assert (tool.approved_by, tool.quarantine_reason) == ("rita", "")
@@ -209,7 +209,7 @@ def test_approving_pins_the_current_version_and_resolves_its_alerts(tenant, serv
 
     # The approved version listed again is no change; a further change is a new quarantine.
     assert sync(server, changed, LOG) is False
-    assert tool_approve(tool=tool, by="rita") == tool  # approved already: nothing to do
+    assert tool_approve(tool=tool, actor="rita") == tool  # approved already: nothing to do
     assert version(tenant) == start + 1
     sync(server, STATUS, LOG)
     assert get("status").status == Tool.Status.QUARANTINED
@@ -220,7 +220,7 @@ def test_approving_pins_the_current_version_and_resolves_its_alerts(tenant, serv
 
 def test_approving_a_new_tool_and_a_poisoned_one_rescans_it(server):
     sync(server, STATUS, {**LOG, "description": POISON})
-    tool = tool_approve(tool=get("log"), by="rita")
+    tool = tool_approve(tool=get("log"), actor="rita")
     assert tool.status == Tool.Status.APPROVED
     assert tool.findings  # the admin's call; the findings stay on record
     assert tool.pinned == tool_view({**LOG, "description": POISON})
@@ -232,9 +232,9 @@ def test_approval_of_a_version_that_changed_since_it_was_shown_is_refused(server
     shown = get("status").fingerprint
     sync(server, {**STATUS, "description": "v3"})
     with pytest.raises(ToolChangedError, match="changed since it was shown to you"):
-        tool_approve(tool=get("status"), by="rita", fingerprint=shown)
+        tool_approve(tool=get("status"), actor="rita", fingerprint=shown)
     assert get("status").status == Tool.Status.QUARANTINED
-    tool = tool_approve(tool=get("status"), by="rita", fingerprint=get("status").fingerprint)
+    tool = tool_approve(tool=get("status"), actor="rita", fingerprint=get("status").fingerprint)
     assert tool.pinned["description"] == "v3"
 
 

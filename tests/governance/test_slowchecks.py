@@ -9,9 +9,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 import tests.slowcheck_fixtures as fixtures
+from audit.chain import chain_append
 from audit.models import AuditRecord
 from governance.engine.guardrails.base import Action
 from governance.engine.guardrails.pipeline import GuardrailSpec
@@ -47,7 +49,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def intent(tenant: Tenant, call_id: uuid.UUID, tool: str = "git__git_log") -> AuditRecord:
     now = timezone.now()
-    return AuditRecord.objects.create(
+    record = AuditRecord(
         call_id=call_id,
         kind=AuditRecord.Kind.INTENT,
         tenant=tenant,
@@ -64,6 +66,9 @@ def intent(tenant: Tenant, call_id: uuid.UUID, tool: str = "git__git_log") -> Au
         started_at=now - timedelta(seconds=1),
         created_at=now,
     )
+    with transaction.atomic():
+        chain_append([record])
+    return record
 
 
 def spec(name: str = "sleepy", **fields: Any) -> GuardrailSpec:

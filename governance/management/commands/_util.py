@@ -1,8 +1,19 @@
 from __future__ import annotations
 
+import getpass
+import os
+
 from django.core.management.base import CommandError
 
 from governance.models import Agent, Role, Tenant
+
+
+def cli_actor() -> str:
+    """Who runs a management command, as its audit records name them: ``cli:<login>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no $USER
+        return f"cli:uid {os.getuid()}"
 
 
 def tenant_by_slug(slug: str) -> Tenant:

@@ -4,7 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError
 from django.utils import timezone
 
-from governance.management.commands._util import tenant_by_slug
+from governance.management.commands._util import cli_actor, tenant_by_slug
 from governance.services.agents import agent_create, token_issue
 
 
@@ -20,10 +20,12 @@ class Command(BaseCommand):
     def handle(self, *args, name, tenant, description, expires_in_days, **options):
         tenant_obj = tenant_by_slug(tenant)
         try:
-            agent = agent_create(tenant=tenant_obj, name=name, description=description)
+            agent = agent_create(
+                tenant=tenant_obj, name=name, description=description, actor=cli_actor()
+            )
         except IntegrityError:
             raise CommandError(f"agent {name!r} exists already in tenant {tenant!r}") from None
         expires_at = timezone.now() + timedelta(days=expires_in_days) if expires_in_days else None
-        issued = token_issue(agent=agent, expires_at=expires_at)
+        issued = token_issue(agent=agent, expires_at=expires_at, actor=cli_actor())
         self.stdout.write(f"created agent {tenant}/{name}; its token (shown once):")
         self.stdout.write(issued.token)

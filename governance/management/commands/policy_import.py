@@ -2,7 +2,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from governance.management.commands._util import tenant_by_slug
+from governance.management.commands._util import cli_actor, tenant_by_slug
 from governance.services.policy import PolicyImportError, policy_import
 
 
@@ -28,7 +28,9 @@ class Command(BaseCommand):
             except OSError as exc:
                 raise CommandError(f"cannot read {file}: {exc.strerror}") from None
         try:
-            summary = policy_import(tenant=tenant_obj, text=text, dry_run=dry_run)
+            summary = policy_import(
+                tenant=tenant_obj, text=text, dry_run=dry_run, actor=cli_actor()
+            )
         except PolicyImportError as exc:
             raise CommandError(f"{file} is not a valid policy; nothing changed:\n{exc}") from None
         self.stdout.write("valid; nothing changed (dry run)" if dry_run else f"imported: {summary}")

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError
 
-from governance.management.commands._util import agent_by_name, tenant_by_slug
+from governance.management.commands._util import agent_by_name, cli_actor, tenant_by_slug
 from governance.services.policy import role_create
 
 
@@ -18,7 +18,13 @@ class Command(BaseCommand):
         tenant_obj = tenant_by_slug(tenant)
         members = [agent_by_name(tenant_obj, a) for a in agents]
         try:
-            role_create(tenant=tenant_obj, name=name, description=description, agents=members)
+            role_create(
+                tenant=tenant_obj,
+                name=name,
+                description=description,
+                agents=members,
+                actor=cli_actor(),
+            )
         except IntegrityError:
             raise CommandError(f"role {name!r} exists already in tenant {tenant!r}") from None
         self.stdout.write(f"created role {tenant}/{name} held by {', '.join(agents) or 'nobody'}")

@@ -5,7 +5,12 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.utils.dateparse import parse_datetime
 
-from governance.management.commands._util import agent_by_name, role_by_name, tenant_by_slug
+from governance.management.commands._util import (
+    agent_by_name,
+    cli_actor,
+    role_by_name,
+    tenant_by_slug,
+)
 from governance.models import Rule
 from governance.services.policy import rule_create
 
@@ -49,6 +54,7 @@ class Command(BaseCommand):
                 valid_from=options["valid_from"],
                 valid_until=options["valid_until"],
                 description=options["description"],
+                actor=cli_actor(),
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None

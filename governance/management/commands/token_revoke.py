@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from governance.management.commands._util import agent_by_name, tenant_by_slug
+from governance.management.commands._util import agent_by_name, cli_actor, tenant_by_slug
 from governance.services.agents import token_revoke
 
 
@@ -19,6 +19,6 @@ class Command(BaseCommand):
         tokens = agent_obj.tokens.filter(revoked_at__isnull=True, prefix__startswith=prefix[:10])
         count = 0
         for token in tokens:
-            token_revoke(token=token)
+            token_revoke(token=token, actor=cli_actor())
             count += 1
         self.stdout.write(f"revoked {count} token(s) of {tenant}/{agent}")

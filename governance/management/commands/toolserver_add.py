@@ -5,7 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError, transaction
 
-from governance.management.commands._util import key_values, tenant_by_slug
+from governance.management.commands._util import cli_actor, key_values, tenant_by_slug
 from governance.selectors import tenant_state_get
 from governance.services.toolservers import tool_catalog_sync, toolserver_add
 from orchestrator.upstream.pool import describe_error, discover_tools
@@ -30,6 +30,7 @@ class Command(BaseCommand):
     def handle(self, *args, name, tenant, cmd, url, env, header, timeout, no_discover, **options):
         tenant_obj = tenant_by_slug(tenant)
         argv = shlex.split(cmd) if cmd else []
+        actor = cli_actor()
         try:
             with transaction.atomic():
                 server = toolserver_add(
@@ -40,6 +41,7 @@ class Command(BaseCommand):
                     env=key_values(env, "--env"),
                     url=url or "",
                     headers=key_values(header, "--header"),
+                    actor=actor,
                 )
                 if no_discover:
                     tools = []
@@ -52,7 +54,7 @@ class Command(BaseCommand):
                             f"could not list the tools of {name!r}: {describe_error(exc)} "
                             "(nothing was added; --no-discover adds it anyway)"
                         ) from None
-                    tool_catalog_sync(server_id=server.id, tools=tools)
+                    tool_catalog_sync(server_id=server.id, tools=tools, actor=actor)
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         except IntegrityError:

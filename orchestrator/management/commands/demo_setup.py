@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from governance.management.commands._util import cli_actor
 from governance.models import Agent, Rule, Tenant, ToolServer
 from governance.services.agents import agent_create, tenant_create, token_digest, token_issue
 from governance.services.policy import rule_create
@@ -32,8 +33,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         path = credentials_path()
         creds = json.loads(path.read_text()) if path.exists() else {}
+        actor = cli_actor()  # whoever runs `make run`; toolserver_add names them itself
         tenant = Tenant.objects.filter(slug=TENANT).first() or tenant_create(
-            slug=TENANT, name="Demo"
+            slug=TENANT, name="Demo", actor=actor
         )
 
         user_model = get_user_model()
@@ -47,12 +49,12 @@ class Command(BaseCommand):
             admin.save(update_fields=["password"])
 
         agent = Agent.objects.filter(tenant=tenant, name=AGENT).first() or agent_create(
-            tenant=tenant, name=AGENT, description="The demo agent of `make run`."
+            tenant=tenant, name=AGENT, description="The demo agent of `make run`.", actor=actor
         )
         token = creds.get("agent_token", "")
         live = agent.tokens.filter(digest=token_digest(token), revoked_at__isnull=True).exists()
         if not live:
-            creds["agent_token"] = token_issue(agent=agent).token
+            creds["agent_token"] = token_issue(agent=agent, actor=actor).token
 
         if not ToolServer.objects.filter(tenant=tenant, name=SERVER).exists():
             try:
@@ -72,6 +74,7 @@ class Command(BaseCommand):
                 effect=Rule.Effect.ALLOW,
                 resource=f"{SERVER}__*",
                 description="the demo agent may use the time tools",
+                actor=actor,
             )
 
         path.parent.mkdir(parents=True, exist_ok=True)

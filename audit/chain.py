@@ -1,0 +1,126 @@
+"""Appending to the per-tenant hash chain, and signing its head (format: ``chainproof``).
+
+Every audit record goes through ``chain_append``: the gateway's batching writer, the Celery
+worker's slow-check verdicts, admin actions and retention. The tenant's ``ChainHead`` row is
+locked first (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's single writer lock does the
+same), so sequence numbers stay gap-free with any number of processes writing at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from audit.chainproof import (
+    DOCUMENT_FIELDS,
+    GENESIS,
+    checkpoint_message,
+    document_digest,
+    link,
+)
+from audit.models import AuditRecord, ChainHead
+from audit.signing import sign
+
+
+def timestamp(moment: datetime) -> str:
+    """A stored time as the chain writes it. Naive means UTC (SQLite's raw rows)."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds") + "Z"  # = TIMESTAMP_FORMAT, 4x faster
+
+
+# Each document field and the model attribute it comes from.
+_ATTRIBUTES = tuple((f, "tenant_id" if f == "tenant" else f) for f in DOCUMENT_FIELDS)
+RECORD_ATTRIBUTES = tuple(attr for _, attr in _ATTRIBUTES)
+
+
+def record_document(values: Mapping[str, Any]) -> dict[str, Any]:
+    """What a record's hash covers, from its values by attribute name: ``vars(record)``, or a
+    ``.values(*RECORD_ATTRIBUTES)`` row."""
+    document = {field: values[attr] for field, attr in _ATTRIBUTES}
+    document["call_id"] = str(document["call_id"])
+    document["started_at"] = timestamp(document["started_at"])
+    document["created_at"] = timestamp(document["created_at"])
+    return document
+
+
+def chain_append(records: Sequence[AuditRecord]) -> None:
+    """Chain ``records`` (in this order, per tenant) and insert them. Call it inside the
+    transaction that must hold them: they commit, or roll back, with it."""
+    if not records:
+        return
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("chain_append must run inside transaction.atomic()")
+    heads = _lock_heads({r.tenant_id for r in records})
+    for record in records:
+        head = heads[record.tenant_id]
+        record.seq, record.prev_hash = head.seq + 1, head.hash
+        record.hash = link(head.hash, document_digest(record_document(vars(record))))
+        head.seq, head.hash = record.seq, record.hash
+    AuditRecord.objects.bulk_create(records)
+    for head in heads.values():
+        _sign_head(head)
+        ChainHead.objects.filter(pk=head.pk).update(
+            seq=head.seq,
+            hash=head.hash,
+            signed_at=head.signed_at,
+            key_id=head.key_id,
+            signature=head.signature,
+        )
+
+
+def _lock_heads(tenant_ids: Iterable[int]) -> dict[int, ChainHead]:
+    """The tenants' heads, locked in tenant order (no deadlock between two writers)."""
+    ids = sorted(tenant_ids)
+    locked = ChainHead.objects.select_for_update().filter(tenant_id__in=ids).order_by("tenant_id")
+    heads = {h.tenant_id: h for h in locked}
+    missing = [ChainHead(tenant_id=t, seq=0, hash=GENESIS) for t in ids if t not in heads]
+    if missing:
+        ChainHead.objects.bulk_create(missing, ignore_conflicts=True)  # another may race us
+        heads = {h.tenant_id: h for h in locked.all()}
+    return heads
+
+
+def _sign_head(head: ChainHead) -> None:
+    head.signed_at = timestamp(timezone.now())
+    head.key_id, head.signature = sign(
+        checkpoint_message(
+            tenant=head.tenant_id,
+            seq=head.seq,
+            hash=head.hash,
+            signed_at=head.signed_at,
+            reason="head",
+        )
+    )
+
+
+def admin_record(
+    *,
+    tenant_id: int,
+    actor: str,
+    action: str,
+    subject: str,
+    diff: dict[str, Any],
+) -> AuditRecord:
+    """An ``admin`` record (not yet appended): ``actor`` did ``action`` to ``subject``."""
+    now = timezone.now()
+    return AuditRecord(
+        call_id=uuid.uuid4(),
+        kind=AuditRecord.Kind.ADMIN,
+        tenant_id=tenant_id,
+        transport="",
+        protocol_era="",
+        tool="",
+        decision="",
+        reason=action[:500],
+        actor=actor[:150],
+        subject=subject[:300],
+        diff=diff,
+        started_at=now,
+        created_at=now,
+    )
