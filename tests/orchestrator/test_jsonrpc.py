@@ -42,6 +42,9 @@ def test_request_notification_and_response():
         ('{"jsonrpc":"2.0","id":null,"method":"m"}', INVALID_REQUEST, None),
         ('{"jsonrpc":"2.0","id":1.5,"method":"m"}', INVALID_REQUEST, None),
         ('{"jsonrpc":"2.0","id":1,"method":"m","params":{"v":Infinity}}', PARSE_ERROR, None),
+        # A number too large for a double is infinity to Python: refused like Infinity.
+        ('{"jsonrpc":"2.0","id":1,"method":"m","params":{"v":1e999}}', PARSE_ERROR, None),
+        ('{"jsonrpc":"2.0","id":1,"method":"m","params":{"v":-1e400}}', PARSE_ERROR, None),
     ],
 )
 def test_invalid_messages(raw, code, echoed_id):
