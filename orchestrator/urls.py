@@ -9,4 +9,5 @@ urlpatterns = [
     path("mcp", http_mcp.mcp_endpoint, name="mcp"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("governance.api.urls")),
+    path("api/v1/", include("audit.api.urls")),
 ]

@@ -14,18 +14,16 @@ import yaml
 from django.conf import settings
 from django.http import HttpResponse
 from rest_framework import serializers, status
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.exceptions import APIException, NotFound, ParseError
 from rest_framework.parsers import BaseParser, JSONParser
-from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from governance.engine.policy import Explanation
-from governance.models import Agent, Rule, Tenant
+from governance.models import Agent, Rule
 from governance.selectors import policy_explain
 from governance.services.policy import PolicyImportError, policy_export, policy_import
+from orchestrator.api import StaffAPIView, tenant_or_404
 
 YAML_CONTENT_TYPE = "application/yaml; charset=utf-8"
 
@@ -154,26 +152,16 @@ def explanation_data(explanation: Explanation) -> dict[str, Any]:
 
 
 # --- views -------------------------------------------------------------------------------------
-def _tenant(slug: str) -> Tenant:
-    try:
-        return Tenant.objects.get(slug=slug)
-    except Tenant.DoesNotExist:
-        raise NotFound(f"no tenant {slug!r}") from None
 
 
-class _StaffAPIView(APIView):
-    authentication_classes = [BasicAuthentication, SessionAuthentication]
-    permission_classes = [IsAdminUser]
-
-
-class PolicyCheckView(_StaffAPIView):
+class PolicyCheckView(StaffAPIView):
     """What the policy decides for one call, and why, rule by rule. Nothing is called or
     recorded."""
 
     parser_classes = [JSONParser]
 
     def post(self, request: Request, slug: str) -> Response:
-        tenant = _tenant(slug)
+        tenant = tenant_or_404(slug)
         body = PolicyCheckSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -191,16 +179,18 @@ class PolicyCheckView(_StaffAPIView):
         return Response(explanation_data(explanation))
 
 
-class PolicyView(_StaffAPIView):
+class PolicyView(StaffAPIView):
     """The tenant's policy as code: GET exports it as YAML, PUT replaces it with a document."""
 
     parser_classes = [PolicyYAMLParser, PolicyTextYAMLParser, PolicyJSONParser]
 
     def get(self, request: Request, slug: str) -> HttpResponse:
-        return HttpResponse(policy_export(tenant=_tenant(slug)), content_type=YAML_CONTENT_TYPE)
+        return HttpResponse(
+            policy_export(tenant=tenant_or_404(slug)), content_type=YAML_CONTENT_TYPE
+        )
 
     def put(self, request: Request, slug: str) -> Response:
-        tenant = _tenant(slug)
+        tenant = tenant_or_404(slug)
         query = PolicyImportQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         dry_run: bool = query.validated_data["dry_run"]
