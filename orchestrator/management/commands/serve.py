@@ -19,9 +19,9 @@ class Command(BaseCommand):
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
 
-        from orchestrator import daphne_ws
+        from orchestrator import daphne_fixes
 
-        daphne_ws.install()
+        daphne_fixes.install()
 
         def ready() -> None:
             for address in server.listening_addresses:
