@@ -237,12 +237,7 @@ def test_a_truncated_tail_with_the_head_rolled_back_is_reported_by_a_checkpoint(
     checkpoint = checkpoint_create(tenant=tenant)
     # The intruder also winds the head back; it can't sign it, so only a copy of an older
     # signed head would pass: the checkpoint still tells.
-    sql("DELETE FROM audit_auditrecord WHERE tenant_id = %s AND seq > 6", tenant.id)
-    sql(
-        "UPDATE audit_chainhead SET seq = 6, hash = %s WHERE tenant_id = %s",
-        records[5].hash,
-        tenant.id,
-    )
+    cut_tail_and_head(tenant, records, keep=6)
     broken = broken_at(tenant)
     assert broken.seq == 7
     assert f"checkpoint {checkpoint.id} signed seq 10" in broken.problem
@@ -251,14 +246,20 @@ def test_a_truncated_tail_with_the_head_rolled_back_is_reported_by_a_checkpoint(
 
 def test_a_rolled_back_head_without_a_checkpoint_has_a_bad_signature(tenant):
     records = append(tenant, 10)
-    sql("DELETE FROM audit_auditrecord WHERE tenant_id = %s AND seq > 6", tenant.id)
-    sql(
-        "UPDATE audit_chainhead SET seq = 6, hash = %s WHERE tenant_id = %s",
-        records[5].hash,
-        tenant.id,
-    )
+    cut_tail_and_head(tenant, records, keep=6)
     broken = broken_at(tenant)
     assert "the chain head: its signature is not valid" in broken.problem
+
+
+def cut_tail_and_head(tenant: Tenant, records: list[AuditRecord], keep: int) -> None:
+    """Delete the records after ``keep`` and wind the head back to match (unsigned)."""
+    sql("DELETE FROM audit_auditrecord WHERE tenant_id = %s AND seq > %s", tenant.id, keep)
+    sql(
+        "UPDATE audit_chainhead SET seq = %s, hash = %s WHERE tenant_id = %s",
+        keep,
+        records[keep - 1].hash,
+        tenant.id,
+    )
 
 
 def test_a_rewritten_chain_is_reported_at_the_checkpoint_it_contradicts(tenant):

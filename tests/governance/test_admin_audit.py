@@ -40,6 +40,7 @@ from governance.services.toolservers import (
     tool_view,
     toolserver_add,
 )
+from tests.governance.test_admin import rule_form
 
 pytestmark = pytest.mark.django_db
 
@@ -522,24 +523,6 @@ def test_the_api_policy_import_records_the_request_user(tenant, admin_user, mark
 
 
 # --- the Django admin --------------------------------------------------------------------------
-def rule_form(tenant, **fields) -> dict:
-    return {
-        "tenant": tenant.id,
-        "effect": "allow",
-        "resource_kind": "tool",
-        "resource": "git__*",
-        "description": "",
-        "role": "",
-        "agent": "",
-        "conditions": "[]",
-        "valid_from_0": "",
-        "valid_from_1": "",
-        "valid_until_0": "",
-        "valid_until_1": "",
-        **fields,
-    }
-
-
 def agent_form(agent: Agent, tokens=(), **fields) -> dict:
     data = {
         "tenant": agent.tenant_id,
