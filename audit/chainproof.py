@@ -94,10 +94,12 @@ def canonical(value: Any, *, floats: bool | None = None) -> bytes:
     whether ``value`` holds a float, when the caller knows (it saves a walk). Lone surrogates
     (JSON allows ``\\ud800``) are kept as they are, byte for byte.
     """
-    if not (_has_float(value) if floats is None else floats):
+    if has_float(value) if floats is None else floats:
+        text = _fast_dumps(_numbers_written(value)) if orjson is not None else None
+    else:
         text = _fast_dumps(value)
-        if text is not None and (text.isascii() or not _ASTRAL.search(text)):
-            return text
+    if text is not None and (text.isascii() or not _ASTRAL.search(text)):
+        return text
     return "".join(_exact(value)).encode("utf-8", "surrogatepass")
 
 
@@ -110,7 +112,23 @@ def _fast_dumps(value: Any) -> bytes | None:
         return None
 
 
-def _has_float(value: Any) -> bool:
+def _numbers_written(value: Any) -> Any:
+    """``value`` with each float already written as RFC 8785 says (an orjson ``Fragment``).
+    Only containers and floats are visited: most values are strings, left as they are."""
+    kind = type(value)
+    if kind is float:
+        return orjson.Fragment(number(value))
+    if kind is dict:
+        return {k: _numbers_written(v) if type(v) in _VISITED else v for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [_numbers_written(v) if type(v) in _VISITED else v for v in value]
+    return value
+
+
+_VISITED = {float, dict, list, tuple}
+
+
+def has_float(value: Any) -> bool:
     stack = [value]
     while stack:
         item = stack.pop()
@@ -157,8 +175,11 @@ def number(value: float) -> str:
         raise ValueError(f"{value!r} is not a JSON number")
     if value == 0:
         return "0"
+    text = repr(value)
+    if "e" not in text and not text.endswith(".0"):
+        return text  # most floats: repr's shortest digits are already ECMAScript's form
     if value.is_integer():
-        return str(int(Decimal(repr(value))))  # the digits of the shortest repr, then zeros
+        return str(int(Decimal(text)))  # the digits of the shortest repr, then zeros
     # The shortest digits that round-trip (repr), laid out as ECMAScript does:
     # value = 0.DIGITS * 10**n.
     _, digit_tuple, exponent = Decimal(repr(abs(value))).normalize().as_tuple()
@@ -179,7 +200,7 @@ def document_digest(document: dict[str, Any], *, floats: bool | None = None) -> 
     """The SHA-256 of a record's canonical document. Only its JSON fields can hold a float
     (``floats``, when the caller knows)."""
     if floats is None:
-        floats = any(_has_float(document[field]) for field in JSON_FIELDS)
+        floats = any(has_float(document[field]) for field in JSON_FIELDS)
     return hashlib.sha256(canonical(document, floats=floats)).digest()
 
 

@@ -429,3 +429,19 @@ def test_the_beat_tasks_checkpoint_and_prune(tenant):
     assert tasks.checkpoint.apply().get() == 1
     assert tasks.prune.apply().get() == 3
     assert chain_verify(tenant=tenant).ok
+
+
+@pytest.mark.parametrize(
+    ("stored", "chained"),
+    [
+        ("2026-11-24 03:36:22.486123", "2026-11-24T03:36:22.486123Z"),  # SQLite
+        ("2026-11-24 03:36:22", "2026-11-24T03:36:22.000000Z"),
+        ("2026-11-24 03:36:22.486123+00", "2026-11-24T03:36:22.486123Z"),  # PostgreSQL
+        ("2026-11-24 03:36:22.481+00", "2026-11-24T03:36:22.481000Z"),  # 26 characters too
+        ("2026-11-24 03:36:22+00", "2026-11-24T03:36:22.000000Z"),
+    ],
+)
+def test_stored_times_are_read_back_as_the_chain_wrote_them(stored, chained):
+    from audit.verify import _timestamp
+
+    assert _timestamp(stored) == chained
