@@ -64,7 +64,7 @@ def chain_append(records: Sequence[AuditRecord]) -> None:
         head.seq, head.hash = record.seq, record.hash
     _insert(records, first_seq={t: h.seq - _count(records, t) + 1 for t, h in heads.items()})
     for head in heads.values():
-        _sign_head(head)
+        sign_head(head)
         ChainHead.objects.filter(pk=head.pk).update(
             seq=head.seq,
             hash=head.hash,
@@ -127,7 +127,7 @@ def _lock_heads(tenant_ids: Iterable[int]) -> dict[int, ChainHead]:
     return heads
 
 
-def _sign_head(head: ChainHead) -> None:
+def sign_head(head: ChainHead) -> None:
     head.signed_at = timestamp(timezone.now())
     head.key_id, head.signature = sign(
         checkpoint_message(

@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 def chain_existing_records(apps, schema_editor):
     """Records written before the chain existed join it, in the order they were written."""
-    from audit.chain import _sign_head, record_document
+    from audit.chain import record_document, sign_head
     from audit.chainproof import GENESIS, document_digest, link
 
     AuditRecord = apps.get_model("audit", "AuditRecord")
@@ -26,7 +26,7 @@ def chain_existing_records(apps, schema_editor):
                 AuditRecord.objects.bulk_update(batch, ["seq", "prev_hash", "hash", "latency_us"])
                 batch = []
         AuditRecord.objects.bulk_update(batch, ["seq", "prev_hash", "hash", "latency_us"])
-        _sign_head(head)
+        sign_head(head)
         head.save()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from django.db import connection
 
-from audit.chain import _sign_head, record_document
+from audit.chain import record_document, sign_head
 from audit.chainproof import GENESIS, canonical, link
 from audit.models import AuditRecord, ChainHead
 from governance.models import Tenant
@@ -86,5 +86,5 @@ def chain_bulk(tenant: Tenant, count: int, *, batch: int = 50_000) -> None:
                 rows.append(row)
             cursor.executemany(sql, rows)
     head = ChainHead(tenant=tenant, seq=count, hash=prev)
-    _sign_head(head)
+    sign_head(head)
     head.save()
