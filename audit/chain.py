@@ -8,7 +8,6 @@ same), so sequence numbers stay gap-free with any number of processes writing at
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -57,12 +56,13 @@ def chain_append(records: Sequence[AuditRecord]) -> None:
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("chain_append must run inside transaction.atomic()")
     heads = _lock_heads({r.tenant_id for r in records})
+    first_seq = {tenant_id: head.seq + 1 for tenant_id, head in heads.items()}
     for record in records:
         head = heads[record.tenant_id]
         record.seq, record.prev_hash = head.seq + 1, head.hash
         record.hash = link(head.hash, document_digest(record_document(vars(record))))
         head.seq, head.hash = record.seq, record.hash
-    _insert(records, first_seq={t: h.seq - _count(records, t) + 1 for t, h in heads.items()})
+    _insert(records, first_seq=first_seq)
     for head in heads.values():
         sign_head(head)
         ChainHead.objects.filter(pk=head.pk).update(
@@ -72,10 +72,6 @@ def chain_append(records: Sequence[AuditRecord]) -> None:
             key_id=head.key_id,
             signature=head.signature,
         )
-
-
-def _count(records: Sequence[AuditRecord], tenant_id: int) -> int:
-    return sum(r.tenant_id == tenant_id for r in records)
 
 
 def _insert(records: Sequence[AuditRecord], *, first_seq: dict[int, int]) -> None:
@@ -137,31 +133,4 @@ def sign_head(head: ChainHead) -> None:
             signed_at=head.signed_at,
             reason="head",
         )
-    )
-
-
-def admin_record(
-    *,
-    tenant_id: int,
-    actor: str,
-    action: str,
-    subject: str,
-    diff: dict[str, Any],
-) -> AuditRecord:
-    """An ``admin`` record (not yet appended): ``actor`` did ``action`` to ``subject``."""
-    now = timezone.now()
-    return AuditRecord(
-        call_id=uuid.uuid4(),
-        kind=AuditRecord.Kind.ADMIN,
-        tenant_id=tenant_id,
-        transport="",
-        protocol_era="",
-        tool="",
-        decision="",
-        reason=action[:500],
-        actor=actor[:150],
-        subject=subject[:300],
-        diff=diff,
-        started_at=now,
-        created_at=now,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from audit.chain import admin_record, chain_append, timestamp
+from audit.chain import chain_append, timestamp
 from audit.chainproof import checkpoint_message
 from audit.models import AuditRecord, ChainHead, Checkpoint
 from audit.signing import sign
@@ -97,21 +98,17 @@ def audit_prune(*, tenant: Tenant, now: datetime | None = None) -> PruneResult:
             through = last.seq
     if pruned:
         with transaction.atomic():
-            chain_append(
-                [
-                    admin_record(
-                        tenant_id=tenant.id,
-                        actor="retention",
-                        action="pruned",
-                        subject=f"audit records seq ..{through}",
-                        diff={
-                            "pruned": pruned,
-                            "through_seq": through,
-                            "older_than": timestamp(cutoff),
-                            "retention_days": tenant.audit_retention_days,
-                        },
-                    )
-                ]
+            admin_action_record(
+                tenant=tenant,
+                actor="retention",
+                action="pruned",
+                subject=f"audit records seq ..{through}",
+                diff={
+                    "pruned": pruned,
+                    "through_seq": through,
+                    "older_than": timestamp(cutoff),
+                    "retention_days": tenant.audit_retention_days,
+                },
             )
     return PruneResult(tenant.slug, pruned, through)
 
@@ -131,9 +128,21 @@ def admin_action_record(
 ) -> AuditRecord:
     """Record in the chain that ``actor`` did ``action`` to ``subject`` (with the ``diff``:
     ``{field: [before, after]}``). Call it inside the transaction of the change itself."""
-    tenant_id = tenant if isinstance(tenant, int) else tenant.id
-    record = admin_record(
-        tenant_id=tenant_id, actor=actor, action=action, subject=subject, diff=diff
+    now = timezone.now()
+    record = AuditRecord(
+        call_id=uuid.uuid4(),  # an act of its own: its story is this one record
+        kind=AuditRecord.Kind.ADMIN,
+        tenant_id=tenant if isinstance(tenant, int) else tenant.id,
+        transport="",
+        protocol_era="",
+        tool="",
+        decision="",
+        reason=action[:500],
+        actor=actor[:150],
+        subject=subject[:300],
+        diff=diff,
+        started_at=now,
+        created_at=now,
     )
     chain_append([record])
     return record
