@@ -3,9 +3,10 @@
 The format is ``chainproof``'s (``verify_export`` reads it; docs/api.md, "Audit API"): a header,
 then every sequence number from the first matching record to the covering checkpoint, as the
 record itself where it matches the filters and as its digest where it does not, then the
-checkpoint. Rows are read by keyset chunks and each chunk becomes one piece of the download, so
-memory stays flat however long the range. Under ASGI, ``aiterate`` pulls each chunk from the
-database in the request's sync thread: Django would otherwise buffer a sync iterator whole.
+checkpoint. Rows are read raw by keyset chunks (``audit.rows``, as verification reads them)
+and each chunk becomes one piece of the download, so memory stays flat however long the
+range. Under ASGI, ``aiterate`` pulls each chunk from the database in the request's sync
+thread: Django would otherwise buffer a sync iterator whole.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from asgiref.sync import sync_to_async
 from django.db.models import BooleanField, Count, ExpressionWrapper, Max, Min, Value
 from django.utils import timezone
 
-from audit.chain import RECORD_ATTRIBUTES, record_document, timestamp
+from audit.chain import timestamp
 from audit.chainproof import (
     CSV_COLUMNS,
     DOCUMENT_FIELDS,
@@ -35,6 +36,7 @@ from audit.chainproof import (
     key_id,
 )
 from audit.models import AuditRecord, ChainHead, Checkpoint
+from audit.rows import STORED_COLUMNS, raw_rows, stored_document
 from audit.selectors import AuditFilters, audit_record_search
 from audit.signing import public_key, sign
 from governance.models import Tenant
@@ -47,8 +49,8 @@ CONTENT_TYPES: dict[str, str] = {
     "jsonl": "application/x-ndjson; charset=utf-8",
     "csv": "text/csv; charset=utf-8",
 }
-_COLUMNS = ("prev_hash", "hash", *RECORD_ATTRIBUTES)
-_SEQ = 1 + _COLUMNS.index("seq")  # in a row, after the "matches" flag
+# Whether the row matches the filters, its prev_hash and hash, then its document's columns.
+_COLUMNS = ("matches", "prev_hash", "hash", *STORED_COLUMNS)
 
 Entry = dict[str, Any]
 
@@ -173,23 +175,22 @@ def _entries(
     gap: list[str] = []
     expected = header["first_seq"]
     while expected <= end["seq"]:
-        chunk = list(rows.filter(seq__gte=expected).values_list("matches", *_COLUMNS)[:CHUNK])
+        chunk = raw_rows(rows.filter(seq__gte=expected).values_list(*_COLUMNS)[:CHUNK])
         entries: list[Entry] = []
-        for row in chunk:
-            if row[_SEQ] != expected:
+        for matches, prev_hash, stored_hash, *stored in chunk:
+            document, floats = stored_document(stored)
+            if document["seq"] != expected:
                 raise ExportInterrupted(f"seq {expected} is gone: was it pruned meanwhile?")
             expected += 1
-            values = dict(zip(_COLUMNS, row[1:], strict=True))
-            document = record_document(values)
-            if row[0]:
+            if matches:
                 if gap:
                     entries.append(_gap(gap, document["seq"]))
                     gap = []
-                entry = {"line": "record", **document}
-                entry["prev_hash"], entry["hash"] = values["prev_hash"], values["hash"]
-                entries.append(entry)
+                entries.append(
+                    {"line": "record", **document, "prev_hash": prev_hash, "hash": stored_hash}
+                )
             else:
-                gap.append(document_digest(document).hex())
+                gap.append(document_digest(document, floats=floats).hex())
                 if len(gap) == GAP_DIGESTS:
                     entries.append(_gap(gap, document["seq"] + 1))
                     gap = []

@@ -7,45 +7,30 @@ tenant's chain precisely: which sequence number, which record, and what is wrong
 from __future__ import annotations
 
 import itertools
-import json
 import multiprocessing
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from django.db import connection, connections
-from django.db.models import Max, TextField
-from django.db.models.functions import Cast
+from django.db import connections
+from django.db.models import Max
 
-from audit.chain import RECORD_ATTRIBUTES
 from audit.chainproof import (
-    DOCUMENT_FIELDS,
     GENESIS,
-    JSON_FIELDS,
     checkpoint_message,
     document_digest,
-    has_float,
     link,
     signature_valid,
 )
 from audit.models import AuditRecord, ChainHead, Checkpoint
+from audit.rows import STORED_COLUMNS, raw_rows, stored_document
 from audit.signing import trusted_keys
 from governance.models import Tenant
 
 CHUNK = 5000
 
-# id, prev_hash, hash, then the document in DOCUMENT_FIELDS order.
-# Identifiers and times are read as the database's text: parsing them into objects only to
-# write them back out costs more than hashing the record.
-_AS_TEXT = {"call_id", "started_at", "created_at"}
-_COLUMNS = (
-    "id",
-    "prev_hash",
-    "hash",
-    *(Cast(a, TextField()) if a in _AS_TEXT else a for a in RECORD_ATTRIBUTES),
-)
+# id, prev_hash, hash, then the document's columns (audit/rows.py).
+_COLUMNS = ("id", "prev_hash", "hash", *STORED_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -191,7 +176,8 @@ def _verify_part(
                 problem = "the first record does not start from the genesis hash"
             broken = Break(seq, record_id, problem)
         if broken is None:
-            computed = link(prev_hash, _raw_digest(row))
+            document, floats = stored_document(row[3:])
+            computed = link(prev_hash, document_digest(document, floats=floats))
             if stored_hash != computed:
                 broken = Break(seq, record_id, "its content does not match its hash: edited")
             elif seq in signed and signed[seq][2] != computed:
@@ -270,77 +256,15 @@ def _why(signed: Checkpoint | ChainHead, keys: dict[str, bytes]) -> str:
 
 def _rows(tenant_id: int, after: int, upto: int) -> Iterator[tuple[Any, ...]]:
     """The tenant's raw rows (``_COLUMNS``) in sequence order, by keyset chunks: bounded
-    memory, no long-lived cursor. Raw, because Django's per-field converters cost more than
-    hashing the record."""
+    memory, no long-lived cursor."""
     while True:
         query = (
             AuditRecord.objects.filter(tenant_id=tenant_id, seq__gt=after, seq__lte=upto)
             .order_by("seq")
             .values_list(*_COLUMNS)[:CHUNK]
         )
-        sql, params = query.query.sql_with_params()
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            chunk = cursor.fetchall()
+        chunk = raw_rows(query)
         yield from chunk
         if len(chunk) < CHUNK:
             return
         after = chunk[-1][3]
-
-
-# In JSON text: a float or an integer that may not fit in 64 bits (or a string like one).
-_SUSPECT = re.compile(r"[0-9](?:[.eE]|[0-9]{18})")
-_LONG_NUMBER = re.compile(r"[0-9]{19}")
-
-
-def _raw_digest(row: tuple[Any, ...]) -> bytes:
-    """The digest of a raw row's document, equal to ``document_digest(record_document(...))``
-    of the record it was written from. The hot loop of verification: kept lean."""
-    document = dict(zip(DOCUMENT_FIELDS, row[3:], strict=True))
-    call_id = document["call_id"]
-    if len(call_id) == 32:  # SQLite keeps a UUID as 32 hex digits
-        document["call_id"] = (
-            f"{call_id[:8]}-{call_id[8:12]}-{call_id[12:16]}-{call_id[16:20]}-{call_id[20:]}"
-        )
-    document["started_at"] = _timestamp(document["started_at"])
-    document["created_at"] = _timestamp(document["created_at"])
-    document["flagged"] = bool(document["flagged"])  # SQLite: 0 or 1
-    floats = False
-    for name in JSON_FIELDS:
-        text = document[name]
-        if text is None:
-            continue
-        if not isinstance(text, str):
-            text = json.dumps(text)  # a driver that decoded it already
-        empty = _EMPTY.get(text)
-        if empty is not None:
-            document[name] = empty()
-            continue
-        suspect = _SUSPECT.search(text)
-        value = document[name] = _json(text, suspect)
-        floats = floats or (suspect is not None and has_float(value))
-    return document_digest(document, floats=floats)
-
-
-_EMPTY: dict[str, Any] = {"{}": dict, "[]": list}
-
-
-def _timestamp(text: str) -> str:
-    """A stored time's text as the chain writes it: SQLite's "2026-11-24 03:36:22.486123",
-    PostgreSQL's "2026-11-24 03:36:22.48+00" (its session is in UTC, trailing zeros cut)."""
-    if text.endswith("+00"):
-        text = text[:-3]
-    elif len(text) == 26:  # SQLite's, with microseconds: the common case
-        return f"{text[:10]}T{text[11:]}Z"
-    moment, _, fraction = text.partition(".")
-    return f"{moment.replace(' ', 'T')}.{fraction:0<6}Z"
-
-
-def _json(text: str, suspect: re.Match[str] | None) -> Any:
-    # orjson reads integers beyond 64 bits as floats; json reads them exactly.
-    if suspect is None or _LONG_NUMBER.search(text) is None:
-        try:
-            return orjson.loads(text)
-        except orjson.JSONDecodeError:  # lone surrogates
-            pass
-    return json.loads(text)

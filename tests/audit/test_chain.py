@@ -442,6 +442,6 @@ def test_the_beat_tasks_checkpoint_and_prune(tenant):
     ],
 )
 def test_stored_times_are_read_back_as_the_chain_wrote_them(stored, chained):
-    from audit.verify import _timestamp
+    from audit.rows import stored_timestamp
 
-    assert _timestamp(stored) == chained
+    assert stored_timestamp(stored) == chained
