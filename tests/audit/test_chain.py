@@ -3,7 +3,6 @@ straight in the database, the way someone with SQL access would do it."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -17,44 +16,33 @@ from audit.models import AppendOnlyError, AuditRecord, ChainHead, Checkpoint
 from audit.services import audit_prune, checkpoint_create, checkpoints_create_all
 from audit.verify import chain_verify
 from governance.models import Tenant
+from tests.audit.conftest import append as append_records
+from tests.audit.conftest import audit_record
 
 pytestmark = pytest.mark.django_db
 
 
 def record(tenant: Tenant, n: int, **fields) -> AuditRecord:
-    now = timezone.now()
-    values = {
-        "call_id": uuid.uuid4(),
-        "kind": "intent",
-        "tenant": tenant,
-        "agent_id": 7,
-        "agent_name": "bot",
-        "transport": "ws",
-        "protocol_era": "handshake",
-        "protocol_version": "2025-11-25",
+    """The package's ``audit_record``, told apart by ``n``, with floats in its JSON."""
+    numbered = {
         "request_id": str(n),
         "tool": f"time__tool_{n}",
         "arguments": {"n": n, "ratio": n / 3, "tz": "Europe/Paris"},
-        "decision": "allow",
         "rule_id": 3,
         "policy_version": 2,
         "guardrails": [{"check": "pii", "verdict": "pass", "score": 0.25}],
         "latency_us": 1000 + n,
-        "started_at": now,
-        "created_at": now,
     }
-    return AuditRecord(**(values | fields))
+    return audit_record(tenant, **(numbered | fields))
 
 
 def append(tenant: Tenant, count: int, start: int = 1) -> list[AuditRecord]:
-    records = [record(tenant, n) for n in range(start, start + count)]
-    with transaction.atomic():
-        chain_append(records)
-    return records
+    return append_records(*(record(tenant, n) for n in range(start, start + count)))
 
 
 @pytest.fixture
 def tenant() -> Tenant:
+    """Without ``tenant_create``'s admin records: the chain holds these tests' records alone."""
     return Tenant.objects.create(slug="acme")
 
 
