@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -14,6 +15,7 @@ from audit.chain import chain_append, timestamp
 from audit.chainproof import checkpoint_message
 from audit.models import AuditRecord, ChainHead, Checkpoint
 from audit.signing import sign
+from governance.engine.guardrails.base import Payload
 from governance.models import Tenant
 
 PRUNE_BATCH = 10_000  # records deleted per transaction: short write locks for the gateway
@@ -127,7 +129,8 @@ def admin_action_record(
     diff: dict[str, Any],
 ) -> AuditRecord:
     """Record in the chain that ``actor`` did ``action`` to ``subject`` (with the ``diff``:
-    ``{field: [before, after]}``). Call it inside the transaction of the change itself."""
+    ``{field: [before, after]}``). Call it inside the transaction of the change itself. Long
+    strings are clipped as a call's arguments are: an upstream's huge description included."""
     now = timezone.now()
     record = AuditRecord(
         call_id=uuid.uuid4(),  # an act of its own: its story is this one record
@@ -140,7 +143,7 @@ def admin_action_record(
         reason=action[:500],
         actor=actor[:150],
         subject=subject[:300],
-        diff=diff,
+        diff=Payload(diff).clipped(settings.AUDIT_MAX_STRING_CHARS),
         started_at=now,
         created_at=now,
     )

@@ -16,7 +16,6 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import router
 from django.db.models import Model
 from django.db.models.deletion import Collector
@@ -166,19 +165,8 @@ def change_record(
     diff = snapshot_diff(before, object_snapshot(obj))
     if not diff:
         return None
-    return admin_record_append(
-        tenant=tenant_id_of(obj), actor=actor, action=action, subject=object_subject(obj), diff=diff
-    )
-
-
-def admin_record_append(
-    *, tenant: Tenant | int, actor: str, action: str, subject: str, diff: dict[str, Any]
-) -> AuditRecord:
-    """Append an admin record to the tenant's chain, its long strings clipped as a call's
-    arguments are (``AUDIT_MAX_STRING_CHARS``): an upstream's huge description included."""
-    clipped = Payload(diff).clipped(settings.AUDIT_MAX_STRING_CHARS)
     return admin_action_record(
-        tenant=tenant, actor=actor, action=action, subject=subject, diff=clipped
+        tenant=tenant_id_of(obj), actor=actor, action=action, subject=object_subject(obj), diff=diff
     )
 
 
@@ -237,7 +225,7 @@ def removals_record(
 ) -> list[AuditRecord]:
     """Record the deletions ``removals_prepare`` listed, once they are done."""
     return [
-        admin_record_append(
+        admin_action_record(
             tenant=removal.tenant_id,
             actor=actor,
             action=f"{action} with {removal.cascade_of}" if removal.cascade_of else action,
