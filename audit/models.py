@@ -38,6 +38,7 @@ class AuditRecord(models.Model):
         OUTCOME = "outcome"  # what happened, durable before the reply is released
         VERDICT = "verdict"  # a post-hoc (slow) guardrail verdict, written when it arrives
         ADMIN = "admin"  # a person (or retention) changed governance data: actor, subject, diff
+        APPROVAL = "approval"  # a step of a call's approval request: actor, subject, diff
 
     class Decision(models.TextChoices):
         ALLOW = "allow"

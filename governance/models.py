@@ -3,7 +3,10 @@ roles and permission rules."""
 
 from __future__ import annotations
 
-from django.core.validators import RegexValidator
+import uuid
+
+from django.conf import settings
+from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
 # Tool names the agents see are "<server>__<tool>" and must stay valid OpenAI function names.
@@ -36,10 +39,44 @@ class Tenant(models.Model):
         help_text="Audit records older than this many days are pruned (a signed checkpoint "
         "keeps the rest verifiable). Empty: keep them forever.",
     )
+    four_eyes = models.BooleanField(
+        "four eyes",
+        default=True,
+        help_text="The person responsible for an agent cannot approve that agent's requests.",
+    )
+    approval_timeout_seconds = models.PositiveIntegerField(
+        default=900,
+        validators=[MinValueValidator(1)],
+        help_text="A call waiting for approval is denied (expired) after this many seconds.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return self.slug
+
+
+class Membership(models.Model):
+    """A person's role in a tenant's dashboard. Reviewers watch, search and decide approvals;
+    admins also revoke tokens and resolve alerts. Superusers act as admins of every tenant."""
+
+    class Role(models.TextChoices):
+        REVIEWER = "reviewer"
+        ADMIN = "admin"
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=8, choices=Role.choices, default=Role.REVIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "tenant"], name="membership_unique_user")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.role} of {self.tenant}"
 
 
 class Agent(models.Model):
@@ -48,6 +85,17 @@ class Agent(models.Model):
     description = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
     roles = models.ManyToManyField("Role", blank=True, related_name="agents")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_agents",
+        help_text="The person responsible for this agent. Under four eyes they cannot approve "
+        "its requests.",
+    )
+    # Written by the gateways while the agent is connected or calling: presence, not governance.
+    last_seen_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -426,3 +474,62 @@ class SlowCheck(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} {self.stage} {self.call_id}: {self.verdict or self.status}"
+
+
+class ApprovalRequest(models.Model):
+    """A call held for a reviewer's decision, bound to exactly that call: its tenant, agent,
+    tool, the digest of its canonical arguments and the policy version that asked for it.
+    The row is the truth: the gateway holding the call reads the decision from here."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        DENIED = "denied"
+        EXPIRED = "expired"  # nobody decided in time: a denial
+        CANCELLED = "cancelled"  # the agent cancelled the call or disconnected
+        INTERRUPTED = "interrupted"  # the gateway holding the call stopped or died
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="approvals")
+    agent = models.ForeignKey(Agent, null=True, on_delete=models.SET_NULL, related_name="approvals")
+    agent_name = models.CharField(max_length=100)
+    call_id = models.UUIDField(unique=True)
+    tool = models.CharField(max_length=300)
+    # What the reviewer sees: the arguments as the audit trail keeps them (redactions applied).
+    arguments = models.JSONField(default=dict)
+    # SHA-256 of the canonical JSON (RFC 8785) of the arguments that would go upstream.
+    arguments_digest = models.CharField(max_length=64)
+    rule_id = models.BigIntegerField(null=True)
+    reason = models.CharField(max_length=500, blank=True)
+    policy_version = models.PositiveBigIntegerField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    # The gateway process holding the call, and until when it vouches it still does.
+    node = models.CharField(max_length=200)
+    lease_until = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="approval_decisions",
+    )
+    decided_by_name = models.CharField(max_length=150, blank=True)  # or "gateway"
+    comment = models.TextField(blank=True)
+    # When the approved call was released upstream: an approval is used once.
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "status", "created_at"], name="approval_queue"),
+            models.Index(fields=["status", "lease_until"], name="approval_lease"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tool} for {self.agent_name}: {self.status}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status == self.Status.PENDING

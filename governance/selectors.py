@@ -1,11 +1,15 @@
-"""Reads: the governance snapshot a gateway process keeps in memory."""
+"""Reads: the governance snapshot a gateway process keeps in memory; who may review a
+tenant; approval requests."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import QuerySet
 
 from governance.engine.conditions import ConditionError, conditions_parse
 from governance.engine.guardrails.base import Action
@@ -30,7 +34,9 @@ from governance.engine.types import (
 from governance.models import (
     Agent,
     AgentToken,
+    ApprovalRequest,
     Guardrail,
+    Membership,
     RateLimit,
     Rule,
     Tenant,
@@ -109,6 +115,7 @@ def tenant_state_get(*, tenant_id: int) -> TenantState:
         quarantined={name: why for name, why in quarantined.items() if name not in tools},
         policy=tenant_policy_get(tenant_id=tenant_id),
         denial_detail=tenant.denial_detail,
+        approval_timeout_seconds=float(tenant.approval_timeout_seconds),
         guardrails=tenant_guardrails_get(tenant_id=tenant_id),
         rate_limits=rate_limits_get(tenant_id=tenant_id),
     )
@@ -198,3 +205,45 @@ def policy_explain(
     """What the engine decides for this call right now, and why, rule by rule."""
     policy = tenant_policy_get(tenant_id=tenant.id).for_agent(agent.id)
     return policy.explain(kind, name, arguments, now=time.time())
+
+
+# --- who may review a tenant -------------------------------------------------------------------
+def member_role(*, user: AbstractBaseUser | AnonymousUser, tenant: Tenant) -> str | None:
+    """The user's role in the tenant (``reviewer`` or ``admin``), or None: no access at all.
+    Superusers are admins of every tenant."""
+    if not user.is_authenticated or not user.is_active:
+        return None
+    if getattr(user, "is_superuser", False):
+        return Membership.Role.ADMIN
+    role = Membership.objects.filter(user_id=user.pk, tenant=tenant).values_list("role", flat=True)
+    return role.first()
+
+
+def member_tenants(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Tenant]:
+    """The tenants the user may see, by slug."""
+    if not user.is_authenticated or not user.is_active:
+        return Tenant.objects.none()
+    if getattr(user, "is_superuser", False):
+        return Tenant.objects.order_by("slug")
+    return Tenant.objects.filter(memberships__user_id=user.pk).order_by("slug")
+
+
+# --- approval requests -------------------------------------------------------------------------
+def approval_list(*, tenant: Tenant, status: str | None = None) -> QuerySet[ApprovalRequest]:
+    """The tenant's requests, newest first; pending ones are the reviewers' queue."""
+    approvals = ApprovalRequest.objects.filter(tenant=tenant).select_related("agent")
+    if status is not None:
+        approvals = approvals.filter(status=status)
+    return approvals.order_by("-created_at")
+
+
+def approval_get(*, tenant: Tenant, approval_id: uuid.UUID) -> ApprovalRequest | None:
+    return approval_list(tenant=tenant).filter(pk=approval_id).first()
+
+
+def approval_statuses(*, ids: list[uuid.UUID]) -> dict[uuid.UUID, ApprovalRequest]:
+    """The requests among ``ids`` that are no longer pending: what a holding gateway polls."""
+    closed = ApprovalRequest.objects.filter(pk__in=ids).exclude(
+        status=ApprovalRequest.Status.PENDING
+    )
+    return {a.pk: a for a in closed}

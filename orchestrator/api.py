@@ -1,25 +1,44 @@
-"""What every REST API view shares (governance/api, audit/api)."""
+"""What every REST API view shares (governance/api, audit/api): a tenant's API, for its
+members."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from rest_framework.authentication import BasicAuthentication, SessionAuthentication
-from rest_framework.exceptions import NotFound
-from rest_framework.permissions import IsAdminUser
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from governance.models import Tenant
+from governance.models import Membership, Tenant
+from governance.selectors import member_role
+
+ROLE_RANK = {Membership.Role.REVIEWER: 1, Membership.Role.ADMIN: 2}
 
 
-class StaffAPIView(APIView):
-    """Staff only, by HTTP Basic (CI, scripts) or the Django session (browser; CSRF applies).
-    Basic comes first, so a request without credentials gets 401 with WWW-Authenticate."""
+class TenantAPIView(APIView):
+    """An endpoint under ``tenants/<slug>/``, for the tenant's members (superusers are admins of
+    every tenant), by HTTP Basic (CI, scripts, chat-ops) or the Django session (browser; CSRF
+    applies). Basic comes first, so a request without credentials gets 401 with
+    WWW-Authenticate. ``role`` is the least role the endpoint needs; per method, ``roles``.
+    Someone who is not a member is told the tenant does not exist (404), as for one that
+    does not: a tenant's name is not revealed to outsiders."""
 
     authentication_classes = [BasicAuthentication, SessionAuthentication]
-    permission_classes = [IsAdminUser]
+    permission_classes = [IsAuthenticated]
+    role: str = Membership.Role.REVIEWER
+    roles: dict[str, str] = {}  # method (upper case) → least role, where it differs
+    tenant: Tenant
 
-
-def tenant_or_404(slug: str) -> Tenant:
-    try:
-        return Tenant.objects.get(slug=slug)
-    except Tenant.DoesNotExist:
-        raise NotFound(f"no tenant {slug!r}") from None
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # authentication and IsAuthenticated first
+        slug = kwargs["slug"]
+        tenant = Tenant.objects.filter(slug=slug).first()
+        held = member_role(user=request.user, tenant=tenant) if tenant else None
+        if tenant is None or held is None:
+            raise NotFound(f"no tenant {slug!r}")
+        needed = self.roles.get(request.method or "", self.role)
+        if ROLE_RANK[held] < ROLE_RANK[needed]:
+            raise PermissionDenied(f"this needs the {needed} role in tenant {slug!r}")
+        self.tenant = tenant

@@ -1,7 +1,7 @@
 """Thin DRF views over the audit selectors and the export (docs/api.md, "Audit API").
 
-Staff only, authenticated as in the governance API. Every query is scoped to the tenant named
-in the URL.
+For the tenant's members (reviewers and admins, ``TenantAPIView``). Every query is scoped
+to the tenant named in the URL.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from audit.api.serializers import (
 )
 from audit.export import aiterate, audit_export
 from audit.selectors import audit_call_story, audit_record_get, audit_record_search
-from orchestrator.api import StaffAPIView, tenant_or_404
+from orchestrator.api import TenantAPIView
 
 _Query = TypeVar("_Query", bound=Serializer[Any])
 
@@ -36,11 +36,11 @@ def _query(serializer: type[_Query], request: Request) -> _Query:
     return query
 
 
-class RecordListView(StaffAPIView):
+class RecordListView(TenantAPIView):
     """The tenant's records matching the filters, newest first, a cursor page at a time."""
 
     def get(self, request: Request, slug: str) -> Response:
-        tenant = tenant_or_404(slug)
+        tenant = self.tenant
         query = _query(ListQuerySerializer, request)
         records = audit_record_search(tenant=tenant, filters=query.filters)
         paginator = RecordPagination()
@@ -48,20 +48,20 @@ class RecordListView(StaffAPIView):
         return paginator.get_paginated_response(AuditRecordSerializer(page, many=True).data)
 
 
-class RecordView(StaffAPIView):
+class RecordView(TenantAPIView):
     def get(self, request: Request, slug: str, seq: int) -> Response:
-        tenant = tenant_or_404(slug)
+        tenant = self.tenant
         record = audit_record_get(tenant=tenant, seq=seq)
         if record is None:
             raise NotFound(f"no record {seq} in tenant {tenant.slug!r}")
         return Response(AuditRecordSerializer(record).data)
 
 
-class CallView(StaffAPIView):
+class CallView(TenantAPIView):
     """One call's story: its intent, guardrail verdicts and outcome, in the order written."""
 
     def get(self, request: Request, slug: str, call_id: str) -> Response:
-        tenant = tenant_or_404(slug)
+        tenant = self.tenant
         try:
             parsed = uuid.UUID(call_id)
         except ValueError:
@@ -73,7 +73,7 @@ class CallView(StaffAPIView):
         return Response({"call_id": str(parsed), "records": data})
 
 
-class ExportView(StaffAPIView):
+class ExportView(TenantAPIView):
     """The matching records as a JSONL or CSV download that carries its chain proof."""
 
     def perform_content_negotiation(
@@ -84,7 +84,7 @@ class ExportView(StaffAPIView):
         return renderer, renderer.media_type
 
     def get(self, request: Request, slug: str) -> StreamingHttpResponse:
-        tenant = tenant_or_404(slug)
+        tenant = self.tenant
         query = _query(ExportQuerySerializer, request)
         export = audit_export(
             tenant=tenant, filters=query.filters, format=query.validated_data["format"]

@@ -1,7 +1,7 @@
 """Thin DRF views over the policy selectors and services (docs/api.md, "REST API").
 
-Staff only, by Django session (browser, CSRF applies) or HTTP Basic (CI). Basic comes first so
-that a request without credentials gets 401 with ``WWW-Authenticate: Basic``.
+For the tenant's members (``TenantAPIView``): reviewers read and check the policy, admins
+replace it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from governance.engine.policy import Explanation
 from governance.models import Agent, Rule
 from governance.selectors import policy_explain
 from governance.services.policy import PolicyImportError, policy_export, policy_import
-from orchestrator.api import StaffAPIView, tenant_or_404
+from orchestrator.api import TenantAPIView
 
 YAML_CONTENT_TYPE = "application/yaml; charset=utf-8"
 
@@ -154,14 +154,14 @@ def explanation_data(explanation: Explanation) -> dict[str, Any]:
 # --- views -------------------------------------------------------------------------------------
 
 
-class PolicyCheckView(StaffAPIView):
+class PolicyCheckView(TenantAPIView):
     """What the policy decides for one call, and why, rule by rule. Nothing is called or
     recorded."""
 
     parser_classes = [JSONParser]
 
     def post(self, request: Request, slug: str) -> Response:
-        tenant = tenant_or_404(slug)
+        tenant = self.tenant
         body = PolicyCheckSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -179,18 +179,20 @@ class PolicyCheckView(StaffAPIView):
         return Response(explanation_data(explanation))
 
 
-class PolicyView(StaffAPIView):
+class PolicyView(TenantAPIView):
     """The tenant's policy as code: GET exports it as YAML, PUT replaces it with a document."""
+
+    roles = {"PUT": "admin"}
 
     parser_classes = [PolicyYAMLParser, PolicyTextYAMLParser, PolicyJSONParser]
 
     def get(self, request: Request, slug: str) -> HttpResponse:
         return HttpResponse(
-            policy_export(tenant=tenant_or_404(slug)), content_type=YAML_CONTENT_TYPE
+            policy_export(tenant=self.tenant), content_type=YAML_CONTENT_TYPE
         )
 
     def put(self, request: Request, slug: str) -> Response:
-        tenant = tenant_or_404(slug)
+        tenant = self.tenant
         query = PolicyImportQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         dry_run: bool = query.validated_data["dry_run"]

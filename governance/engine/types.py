@@ -105,3 +105,4 @@ class TenantState:
     rate_limits: tuple[LimitSpec, ...] = ()
     policy: TenantPolicy = field(default_factory=TenantPolicy)
     denial_detail: str = "rule"  # minimal | rule | full: what a denied agent is told
+    approval_timeout_seconds: float = 900.0  # how long a call waits for a reviewer

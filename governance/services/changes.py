@@ -47,7 +47,10 @@ _MASKED: dict[type[Model], frozenset[str]] = {ToolServer: frozenset({"env", "hea
 # Recorded with what the secrets guardrail finds redacted: a --token argument, a URL's key.
 _SCRUBBED: dict[type[Model], frozenset[str]] = {ToolServer: frozenset({"command", "args", "url"})}
 # Bookkeeping, not a change of what agents may do: bumped by every change.
-_IGNORED: dict[type[Model], frozenset[str]] = {Tenant: frozenset({"version"})}
+_IGNORED: dict[type[Model], frozenset[str]] = {
+    Tenant: frozenset({"version"}),
+    Agent: frozenset({"last_seen_at"}),  # presence, written by the gateways
+}
 # Reverse many-to-many relations that are part of the object: who holds a role.
 _MEMBERS: dict[type[Model], tuple[str, ...]] = {Role: ("agents",)}
 # Deleted along with another object and recorded with it (a cascade from an agent or server).

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from audit.chainproof import read_csv, read_jsonl, verify_export
 from audit.models import AuditRecord
 from audit.signing import public_key
-from governance.models import Tenant
+from governance.models import Membership, Tenant
 from tests.audit.conftest import append, audit_record
 
 pytestmark = pytest.mark.django_db
@@ -259,13 +259,29 @@ URLS = [
 
 
 @pytest.mark.parametrize("url", URLS)
-def test_anonymous_is_401_and_non_staff_is_403(story, django_user_model, url):
+def test_anonymous_is_401_and_a_non_member_is_told_no_such_tenant(
+    story, django_user_model, other, url
+):
     anonymous = APIClient().get(url)
     assert anonymous.status_code == 401
     assert anonymous["WWW-Authenticate"] == 'Basic realm="api"'
-    django_user_model.objects.create_user("mallory", password="pw-mallory")
+    mallory = django_user_model.objects.create_user("mallory", password="pw-mallory", is_staff=True)
+    # Staff status alone opens no tenant; nor does reviewing another tenant.
+    Membership.objects.create(user=mallory, tenant=other, role=Membership.Role.ADMIN)
     user = APIClient().get(url, HTTP_AUTHORIZATION=basic("mallory", "pw-mallory"))
-    assert user.status_code == 403
+    assert user.status_code == 404
+    assert user.json() == {"detail": "no tenant 'acme'"}
+
+
+@pytest.mark.parametrize("url", URLS)
+def test_a_reviewer_of_the_tenant_gets_in(story, django_user_model, tenant, url):
+    rita = django_user_model.objects.create_user("rita", password="pw-rita")
+    Membership.objects.create(user=rita, tenant=tenant, role=Membership.Role.REVIEWER)
+    response = APIClient().get(url, HTTP_AUTHORIZATION=basic("rita", "pw-rita"))
+    assert response.status_code in (200, 404)
+    if response.status_code == 404:
+        assert response.json()["detail"].startswith("no ")
+        assert response.json()["detail"] != "no tenant 'acme'"
 
 
 @pytest.mark.parametrize("url", URLS)

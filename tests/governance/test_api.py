@@ -6,7 +6,7 @@ import yaml
 from rest_framework.test import APIClient
 
 from audit.models import AuditRecord
-from governance.models import Rule
+from governance.models import Membership, Rule
 from governance.services.agents import agent_create, tenant_create
 from governance.services.policy import policy_export, role_create, rule_create
 from tests.governance.conftest import version
@@ -200,15 +200,31 @@ def test_anonymous_gets_401_with_a_basic_challenge(tenant, alice):
     assert client.get(POLICY).status_code == 401
 
 
-def test_non_staff_users_get_403(tenant, alice, viewer):
+def test_non_members_are_told_no_such_tenant(tenant, alice, viewer):
     by_session = APIClient()
     by_session.force_login(viewer)
     by_basic = APIClient()
     by_basic.credentials(HTTP_AUTHORIZATION=basic("viewer", "viewer-pw"))
     for client in (by_session, by_basic):
-        assert client.get(POLICY).status_code == 403
-        assert check(client, agent="alice", tool="x").status_code == 403
-        assert put(client, "format: 1\n").status_code == 403
+        assert client.get(POLICY).status_code == 404
+        assert check(client, agent="alice", tool="x").status_code == 404
+        assert put(client, "format: 1\n").status_code == 404
+
+
+def test_reviewers_read_and_check_but_only_admins_replace_the_policy(tenant, alice, viewer):
+    membership = Membership.objects.create(
+        user=viewer, tenant=tenant, role=Membership.Role.REVIEWER
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=basic("viewer", "viewer-pw"))
+    assert client.get(POLICY).status_code == 200
+    assert check(client, agent="alice", tool="x").json()["decision"] == "deny"
+    refused = put(client, "format: 1\n")
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": "this needs the admin role in tenant 'acme'"}
+    membership.role = Membership.Role.ADMIN
+    membership.save()
+    assert put(client, "format: 1\n").status_code == 200
 
 
 def test_basic_auth_reads_and_writes_without_csrf(tenant, alice, admin_user):
