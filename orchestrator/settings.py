@@ -109,7 +109,8 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True  # serve app and project static files without collectstatic
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/dashboard/"
 
 REDIS_URL = env_str("REDIS_URL", "")
 if REDIS_URL:
@@ -166,6 +167,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "audit-checkpoint": {"task": "audit.checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS},
     "audit-prune": {"task": "audit.prune", "schedule": AUDIT_PRUNE_SECONDS},
+    "sweep-approvals": {"task": "governance.sweep_approvals", "schedule": 15.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
@@ -211,6 +213,24 @@ UPSTREAM_BACKOFF_MAX = env_float("UPSTREAM_BACKOFF_MAX", 10.0, minimum=0.0)
 # How often an idle upstream session is re-listed: its liveness check, and the watch for tools
 # that change mid-session.
 UPSTREAM_WATCH_SECONDS = env_float("UPSTREAM_WATCH_SECONDS", 5.0, minimum=0.1)
+
+# --- approvals ------------------------------------------------------------------------------
+# This gateway process's name, kept on the approval requests it holds. A process that starts
+# again under the same name resolves the requests its former self left pending. Empty: the
+# host name and the port `manage.py serve` listens on.
+GATEWAY_NODE = env_str("GATEWAY_NODE", "")
+# While a call waits for approval, a client that asked for progress hears from it this often.
+APPROVAL_PROGRESS_SECONDS = env_float("APPROVAL_PROGRESS_SECONDS", 5.0, minimum=0.1)
+# A holding gateway renews its requests' lease this often (a third of it); a request whose
+# lease lapses (its gateway died) is resolved as interrupted by the beat sweep.
+APPROVAL_LEASE_SECONDS = env_float("APPROVAL_LEASE_SECONDS", 30.0, minimum=1.0)
+
+# --- dashboard -----------------------------------------------------------------------------
+# How often a live dashboard stream looks for new audit records (one indexed read).
+DASHBOARD_POLL_SECONDS = env_float("DASHBOARD_POLL_SECONDS", 1.0, minimum=0.05)
+# Gateways write each connected or calling agent's last_seen_at this often; an agent seen
+# within twice this is shown online.
+AGENT_PRESENCE_SECONDS = env_float("AGENT_PRESENCE_SECONDS", 10.0, minimum=0.1)
 
 # --- guardrails ----------------------------------------------------------------------------
 # How often a call waiting on a blocking slow (Celery) check looks for its verdict.
