@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
@@ -39,8 +40,17 @@ def tenant_create(*, slug: str, name: str = "", actor: str = SYSTEM) -> Tenant:
 
 
 @transaction.atomic
-def agent_create(*, tenant: Tenant, name: str, description: str = "", actor: str = SYSTEM) -> Agent:
-    agent = Agent.objects.create(tenant=tenant, name=name, description=description)
+def agent_create(
+    *,
+    tenant: Tenant,
+    name: str,
+    description: str = "",
+    owner: AbstractBaseUser | None = None,
+    actor: str = SYSTEM,
+) -> Agent:
+    """A new agent; ``owner`` is the person responsible for it (under four eyes, not its
+    approver)."""
+    agent = Agent.objects.create(tenant=tenant, name=name, description=description, owner=owner)
     tenant_version_bump(tenant_id=tenant.id)
     change_record(actor=actor, action="created", obj=agent, before=None)
     return agent

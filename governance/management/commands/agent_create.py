@@ -1,5 +1,6 @@
 from datetime import timedelta
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError
 from django.utils import timezone
@@ -16,12 +17,24 @@ class Command(BaseCommand):
         parser.add_argument("--tenant", required=True)
         parser.add_argument("--description", default="")
         parser.add_argument("--expires-in-days", type=float, default=None)
+        parser.add_argument(
+            "--owner", help="the username of the person responsible for the agent (four eyes)"
+        )
 
-    def handle(self, *args, name, tenant, description, expires_in_days, **options):
+    def handle(self, *args, name, tenant, description, expires_in_days, owner, **options):
         tenant_obj = tenant_by_slug(tenant)
+        owner_user = None
+        if owner:
+            owner_user = get_user_model().objects.filter(username=owner).first()
+            if owner_user is None:
+                raise CommandError(f"no user {owner!r} (create one with: manage.py member_add)")
         try:
             agent = agent_create(
-                tenant=tenant_obj, name=name, description=description, actor=cli_actor()
+                tenant=tenant_obj,
+                name=name,
+                description=description,
+                owner=owner_user,
+                actor=cli_actor(),
             )
         except IntegrityError:
             raise CommandError(f"agent {name!r} exists already in tenant {tenant!r}") from None
