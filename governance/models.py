@@ -8,6 +8,7 @@ import uuid
 from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
+from django.utils import timezone
 
 # Tool names the agents see are "<server>__<tool>" and must stay valid OpenAI function names.
 SERVER_NAME_RE = r"^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$"
@@ -503,7 +504,7 @@ class ApprovalRequest(models.Model):
     reason = models.CharField(max_length=500, blank=True)
     policy_version = models.PositiveBigIntegerField()
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
     expires_at = models.DateTimeField()
     # The gateway process holding the call, and until when it vouches it still does.
     node = models.CharField(max_length=200)

@@ -13,6 +13,7 @@ import threading
 from celery import shared_task
 from celery.signals import worker_process_init, worker_shutting_down
 
+from governance.services.approvals import approvals_interrupt
 from governance.services.slowchecks import (
     slow_check_run,
     slow_checks_preload,
@@ -36,6 +37,12 @@ def run_slow_check(check_id: int) -> str | None:
 @shared_task(name="governance.sweep_slow_checks", ignore_result=True)
 def sweep_slow_checks(older_than_seconds: float = 30) -> int:
     return slow_checks_sweep(older_than_seconds=older_than_seconds)
+
+
+@shared_task(name="governance.sweep_approvals", ignore_result=True)
+def sweep_approvals() -> int:
+    """Resolve requests whose gateway died and never came back (their lease lapsed)."""
+    return len(approvals_interrupt())
 
 
 _shutting_down = threading.Event()

@@ -66,13 +66,15 @@ class AgentConsumer(AsyncWebsocketConsumer):
         except AuthError as exc:
             await self.close(code=CLOSE_UNAUTHORIZED, reason=f"unauthorized: {exc}")
             return
-        self.session = McpSession(self.gateway, self.ctx, transport="ws")
+        self.session = McpSession(self.gateway, self.ctx, transport="ws", notify=self.send_json)
         self.unsubscribe = self.gateway.subscribe(self.ctx.tenant_id, self.governance_changed)
+        self.gateway.connected(self.ctx, +1)
 
     async def disconnect(self, code: int) -> None:
         if self.unsubscribe is not None:
             self.unsubscribe()
             self.unsubscribe = None
+            self.gateway.connected(self.ctx, -1)
         for task in (*self.inflight.values(), *self.outbox):
             task.cancel()
 
@@ -98,6 +100,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
         if self.unsubscribe is not None:
             self.unsubscribe()
             self.unsubscribe = None
+            self.gateway.connected(self.ctx, -1)
         for task in self.inflight.values():
             task.cancel()
         await self.close(code=CLOSE_UNAUTHORIZED, reason=f"unauthorized: {exc}")

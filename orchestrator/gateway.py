@@ -4,7 +4,9 @@
   the hot path never touches the ORM; re-read when the tenant's persisted version changes;
 - the upstream pool (one MCP session per tool server);
 - the audit writer (group commit);
-- ``call_tool``: the governed call — decide, record intent, call, record outcome, reply.
+- the calls it holds for approval (``orchestrator.approvals``);
+- ``call_tool``: the governed call — decide, record intent, (hold for approval,) call,
+  record outcome, reply.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -36,10 +40,13 @@ from governance.engine.guardrails.base import Action, Context, Finding, Outcome,
 from governance.engine.guardrails.pipeline import GuardrailSpec, Inspection, Pipeline, Verdict
 from governance.engine.policy import AgentPolicy, Decision, Effect
 from governance.engine.types import ServerSpec, TenantState, ToolEntry
+from governance.models import Agent, ApprovalRequest
 from governance.services.agents import token_digest
+from governance.services.approvals import ApprovalError, approval_request_create, arguments_digest
 from governance.services.slowchecks import SlowVerdict, slow_checks_submit, slow_checks_verdicts
 from governance.services.toolservers import tool_catalog_sync
 from governance.services.versions import GOVERNANCE_GROUP
+from orchestrator.approvals import Approvals, Progress
 from orchestrator.ratelimit import RateLimited, RateLimiter, RateLimitUnavailable
 from orchestrator.upstream.pool import UpstreamError, UpstreamPool, UpstreamRpcError
 
@@ -79,6 +86,9 @@ class CallMeta:
     transport: str  # ws | http
     protocol_version: str
     request_id: str
+    # Set when the client asked for progress (params._meta.progressToken): a held call tells
+    # it how the wait goes.
+    progress: Progress | None = field(default=None, compare=False)
 
     @property
     def protocol_era(self) -> str:
@@ -120,15 +130,24 @@ class Gateway:
             backoff_max=settings.UPSTREAM_BACKOFF_MAX,
             watch_seconds=settings.UPSTREAM_WATCH_SECONDS,
         )
+        node = settings.GATEWAY_NODE or f"{socket.gethostname()}:{os.getpid()}"
+        self.approvals = Approvals(self._in_db, node=node)
+        # Presence: connections per agent on this process, and agents seen since the last
+        # write of last_seen_at.
+        self._connected: dict[int, int] = {}
+        self._seen: set[int] = set()
+        self._presence_written = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await self.refresh()
+        await self.approvals.start()
         loop = asyncio.get_running_loop()
         self._poller = loop.create_task(self._poll(), name="governance-poll")
         self._listener = loop.create_task(self._listen(), name="governance-nudge")
 
     async def close(self) -> None:
+        await self.approvals.stop()  # held calls answer with a clear error first
         for task in (self._poller, self._listener):
             if task is not None:
                 task.cancel()
@@ -156,6 +175,11 @@ class Gateway:
                 await self.refresh()
             except Exception:
                 logger.exception("governance refresh failed; keeping the last known state")
+            try:
+                await self.approvals.poll()
+                await self._presence_write()
+            except Exception:
+                logger.exception("approval or presence poll failed; the next poll retries")
             now = time.time()
             for tenant_id, state in list(self._states.items()):
                 if state.policy.window_edge_between(last, now):
@@ -176,9 +200,12 @@ class Gateway:
                 await layer.group_add(GOVERNANCE_GROUP, channel)
                 async with asyncio.timeout(_GROUP_REJOIN_SECONDS):
                     while True:
-                        await layer.receive(channel)
+                        message = await layer.receive(channel)
                         try:
-                            await self.refresh()
+                            if message.get("type") == "approval.changed":
+                                await self.approvals.poll()
+                            else:
+                                await self.refresh()
                         except Exception:
                             logger.exception("governance refresh failed; the poll retries it")
             except TimeoutError:
@@ -225,6 +252,26 @@ class Gateway:
         for listener in list(self._listeners.get(tenant_id, ())):
             listener()
 
+    # --- presence --------------------------------------------------------------------------
+    def connected(self, ctx: AgentContext, change: int) -> None:
+        """A WebSocket of the agent opened (+1) or closed (-1) on this process."""
+        count = self._connected.get(ctx.agent_id, 0) + change
+        if count > 0:
+            self._connected[ctx.agent_id] = count
+        else:
+            self._connected.pop(ctx.agent_id, None)
+        self._seen.add(ctx.agent_id)
+
+    async def _presence_write(self) -> None:
+        """Every AGENT_PRESENCE_SECONDS: last_seen_at of each agent connected or seen since."""
+        now = time.monotonic()
+        if now - self._presence_written < settings.AGENT_PRESENCE_SECONDS:
+            return
+        self._presence_written = now
+        agents, self._seen = self._seen | set(self._connected), set()
+        if agents:
+            await self._in_db(_last_seen_write, agent_ids=sorted(agents))
+
     # --- identity --------------------------------------------------------------------------
     def authenticate(self, token: str) -> AgentContext:
         digest = token_digest(token)
@@ -241,6 +288,7 @@ class Gateway:
             token_digest=digest,
         )
         self.check(ctx)
+        self._seen.add(ctx.agent_id)
         return ctx
 
     def check(self, ctx: AgentContext, *, now: datetime | None = None) -> None:
@@ -296,7 +344,7 @@ class Gateway:
         pipeline = state.guardrails.for_call(ctx.agent_id, name, cache=tool is not None)
         context = Context(Stage.INPUT, name, tool.input_schema if tool else None)
 
-        if tool is None or not decision.allowed:
+        if tool is None or decision.effect is Effect.DENY:
             log.arguments(pipeline.recorded(Stage.INPUT, arguments, context))
             await log.refused(self.audit, AuditRecord.Outcome.DENIED)
             if name in state.quarantined:
@@ -308,6 +356,7 @@ class Gateway:
             if tool is None:
                 raise CallError(UNKNOWN_TOOL, f"unknown tool: {name!r}")
             raise _refusal(state, policy, decision, name, arguments)
+        # From here on the call is allowed, or held for approval once its input is checked.
 
         try:
             lease = await self.limiter.acquire(
@@ -328,7 +377,8 @@ class Gateway:
                 | ({"limit": exc.limit.id} if limited else {}),
             ) from None
         try:
-            return await self._governed(state, tool, pipeline, log, arguments, context)
+            async with self.approvals.holding():
+                return await self._governed(state, tool, pipeline, log, arguments, context)
         finally:
             await asyncio.shield(lease.release())  # a cancel must not keep the slot
 
@@ -357,6 +407,8 @@ class Gateway:
             if blocked:
                 await self.audit.write(log.outcome(AuditRecord.Outcome.BLOCKED))
                 raise _blocked(blocked, name)
+            if log.decision.effect is Effect.REQUIRE_APPROVAL:
+                await self._approved(state, log, arguments)
             upstream = self.upstreams.get(state.servers[tool.server_id])
             result = await upstream.call_tool(
                 tool.name, arguments, deadline=settings.MCP_CALL_TIMEOUT_SECONDS
@@ -401,6 +453,47 @@ class Gateway:
             )
         )
         return result
+
+    async def _approved(self, state: TenantState, log: CallLog, arguments: dict[str, Any]) -> None:
+        """Hold the call for a reviewer's decision, bound to these exact arguments. Returns
+        once it is approved and the approval used; otherwise records the outcome and raises.
+        The request and each step are recorded in the chain by whoever takes the step."""
+        ctx, decision = log.ctx, log.decision
+        try:
+            approval: ApprovalRequest = await self._in_db(
+                approval_request_create,
+                tenant_id=ctx.tenant_id,
+                agent_id=ctx.agent_id,
+                agent_name=ctx.agent_name,
+                call_id=log.call_id,
+                tool=log.fields["tool"],
+                arguments=arguments,
+                recorded_arguments=log.fields["arguments"],
+                rule_id=decision.rule_id,
+                reason=decision.reason,
+                policy_version=state.version,
+                node=self.approvals.node,
+                timeout_seconds=state.approval_timeout_seconds,
+                lease_seconds=settings.APPROVAL_LEASE_SECONDS,
+            )
+        except Exception as exc:  # fail closed: no request, no call
+            logger.exception("approval request of call %s could not be stored", log.call_id)
+            error = "the approval request could not be stored; nothing was called"
+            await self.audit.write(log.outcome(AuditRecord.Outcome.DENIED, error=error))
+            raise CallError(APPROVAL_REQUIRED, error, {"tool": log.fields["tool"]}) from exc
+        ended = await self.approvals.wait(approval, log.meta.progress)
+        if ended.status == ApprovalRequest.Status.APPROVED:
+            try:
+                ended = await self.approvals.release(ended, arguments_digest(arguments))
+            except ApprovalError as exc:
+                refusal = _not_approved(state, ended, refused=str(exc))
+            else:
+                log.approved(ended)
+                return
+        else:
+            refusal = _not_approved(state, ended)
+        await self.audit.write(log.outcome(AuditRecord.Outcome.DENIED, error=refusal.message))
+        raise refusal
 
     async def _slow_checks(
         self, pipeline: Pipeline, log: CallLog, stage: Stage, value: Any
@@ -469,6 +562,7 @@ class CallLog:
         decision: Decision,
     ) -> None:
         self.ctx, self.call_id, self.t0 = ctx, uuid.uuid4(), time.perf_counter()
+        self.meta, self.decision = meta, decision
         self.verdicts: list[dict[str, Any]] = []
         started_at = timezone.now()
         self.fields: dict[str, Any] = {
@@ -512,6 +606,12 @@ class CallLog:
     def add(self, verdicts: Iterable[Verdict]) -> None:
         self.verdicts.extend(v.as_record() for v in verdicts)
 
+    def approved(self, approval: ApprovalRequest) -> None:
+        """The outcome names who approved the call (the approval records tell the rest)."""
+        said = f": {approval.comment}" if approval.comment else ""
+        reason = f"{self.decision.reason}; approved by {approval.decided_by_name}{said}"
+        self.fields["reason"] = f"{reason} (approval {approval.pk})"[:500]
+
     def outcome(self, outcome: str, *, error: str = "", result: Any = None) -> AuditRecord:
         return self._record(
             AuditRecord.Kind.OUTCOME,
@@ -544,19 +644,37 @@ def _refusal(
     state: TenantState, policy: AgentPolicy, decision: Decision, name: str, arguments: Any
 ) -> CallError:
     """What a refused agent is told: as much as its tenant's ``denial_detail`` allows."""
-    approval = decision.effect is Effect.REQUIRE_APPROVAL
-    code = APPROVAL_REQUIRED if approval else PERMISSION_DENIED
-    headline = "approval required" if approval else "permission denied"
+    headline = "permission denied"
     if state.denial_detail == "minimal":
-        return CallError(code, headline, {"tool": name})
+        return CallError(PERMISSION_DENIED, headline, {"tool": name})
     reason = decision.reason
-    if approval:
-        # Holding a call for a reviewer's decision is not built yet: refuse it, clearly.
-        reason += "; this gateway cannot hold calls for approval yet, so it was refused"
     data: dict[str, Any] = {"tool": name, "reason": reason, "rule": decision.rule_id}
     if state.denial_detail == "full":
         data["explanation"] = policy.explain("tool", name, arguments, now=time.time()).lines()
-    return CallError(code, f"{headline}: {reason}", data)
+    return CallError(PERMISSION_DENIED, f"{headline}: {reason}", data)
+
+
+def _not_approved(state: TenantState, approval: ApprovalRequest, refused: str = "") -> CallError:
+    """What a held call that may not go on is told (-32002): denied (with the reviewer's
+    comment), expired, cancelled or interrupted; or, ``refused``, an approval that cannot be
+    used for this call. Nothing was called upstream in any of these."""
+    status = str(approval.status)
+    data: dict[str, Any] = {"tool": approval.tool, "approval": str(approval.pk), "status": status}
+    if refused:
+        return CallError(APPROVAL_REQUIRED, f"approval refused: {refused}", data)
+    if status == ApprovalRequest.Status.DENIED:
+        message = f"approval denied by {approval.decided_by_name}"
+        if state.denial_detail != "minimal":
+            data.update(reviewer=approval.decided_by_name, comment=approval.comment)
+            message += f": {approval.comment}" if approval.comment else ""
+        return CallError(APPROVAL_REQUIRED, message, data)
+    retry = status == ApprovalRequest.Status.INTERRUPTED
+    message = f"approval {status}: {approval.comment}" + ("; call again" if retry else "")
+    return CallError(APPROVAL_REQUIRED, message, data)
+
+
+def _last_seen_write(*, agent_ids: list[int]) -> None:
+    Agent.objects.filter(id__in=agent_ids).update(last_seen_at=timezone.now())
 
 
 def _blocked(verdict: Verdict, tool: str) -> CallError:

@@ -1,5 +1,7 @@
 """MCP over streamable HTTP at /mcp: one JSON-RPC message per POST, answered as JSON (but
-``subscriptions/listen``, answered with its stream).
+``subscriptions/listen``, answered with its stream, and a ``tools/call`` whose client asked for
+progress and accepts ``text/event-stream``: answered on a stream that carries its progress
+notifications while it waits for approval, then its response).
 
 Era by request (as the MCP SDK routes it): an ``MCP-Protocol-Version`` header naming 2026-07-28
 means the stateless era; otherwise the handshake era, whose session id (``Mcp-Session-Id``)
@@ -65,6 +67,7 @@ from orchestrator.protocol.mcp import (
     check_http_headers,
     is_modern,
     list_changed_notification,
+    progress_token,
 )
 
 UNAUTHORIZED = -32010
@@ -236,7 +239,7 @@ async def mcp_endpoint(request: HttpRequest) -> HttpResponse:
 
     if version_header is not None and version_header not in HANDSHAKE_PROTOCOL_VERSIONS:
         return await _stateless(request, message, McpSession(gateway, ctx, transport="http"))
-    return await _handshake(message, gateway, ctx, session_id, version_header)
+    return await _handshake(request, message, gateway, ctx, session_id, version_header)
 
 
 async def _stateless(request: HttpRequest, message: Request, session: McpSession) -> HttpResponse:
@@ -246,13 +249,20 @@ async def _stateless(request: HttpRequest, message: Request, session: McpSession
         return _json(exc.response(), 400)
     if message.method == LISTEN:
         return _listen(request, message, session)
+    if _streams_progress(request, message):
+        return _progress_stream(message, session)
     # A client cancels a stateless request by disconnecting; Django then cancels this view.
     response = await session.handle(message)
     return _json(response, _status_for(response))
 
 
 async def _handshake(
-    message: Request, gateway: Any, ctx: AgentContext, session_id: str, version_header: str | None
+    request: HttpRequest,
+    message: Request,
+    gateway: Any,
+    ctx: AgentContext,
+    session_id: str,
+    version_header: str | None,
 ) -> HttpResponse:
     if message.method == "initialize":
         session = McpSession(gateway, ctx, transport="http")
@@ -287,6 +297,8 @@ async def _handshake(
         )
     session = McpSession(gateway, ctx, transport="http", protocol_version=version)
     key = (session_id, message.id)
+    if _streams_progress(request, message):
+        return _progress_stream(message, session, key)
     task = asyncio.ensure_future(session.handle(message))
     _inflight[key] = task
     try:
@@ -299,6 +311,54 @@ async def _handshake(
     finally:
         _inflight.pop(key, None)
     return _json(response, _status_for(response))
+
+
+def _streams_progress(request: HttpRequest, message: Request) -> bool:
+    return (
+        message.method == "tools/call"
+        and progress_token(message) is not None
+        and _accepts_event_stream(request)
+    )
+
+
+def _progress_stream(
+    message: Request, session: McpSession, key: tuple[str, RequestId] | None = None
+) -> StreamingHttpResponse:
+    """Answer a tools/call on an SSE stream: its progress notifications as they come, then
+    its response. A client that leaves cancels the call (and so its approval request);
+    ``key`` registers it for ``notifications/cancelled`` (handshake era)."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def notify(notification: dict[str, Any]) -> None:
+        queue.put_nowait(notification)
+
+    session.notify = notify
+
+    async def events() -> AsyncIterator[bytes]:
+        task = asyncio.ensure_future(session.handle(message))
+        if key is not None:
+            _inflight[key] = task
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield _sse(getter.result())
+                else:
+                    getter.cancel()
+            while not queue.empty():
+                yield _sse(queue.get_nowait())
+            try:
+                response = task.result()
+            except asyncio.CancelledError:  # notifications/cancelled
+                response = error_response(message.id, -32800, "request cancelled")
+            yield _sse(response)
+        finally:
+            if key is not None:
+                _inflight.pop(key, None)
+            task.cancel()
+
+    return _event_stream(events())
 
 
 # --- server-initiated streams ----------------------------------------------------------------

@@ -187,9 +187,7 @@ class PolicyView(TenantAPIView):
     parser_classes = [PolicyYAMLParser, PolicyTextYAMLParser, PolicyJSONParser]
 
     def get(self, request: Request, slug: str) -> HttpResponse:
-        return HttpResponse(
-            policy_export(tenant=self.tenant), content_type=YAML_CONTENT_TYPE
-        )
+        return HttpResponse(policy_export(tenant=self.tenant), content_type=YAML_CONTENT_TYPE)
 
     def put(self, request: Request, slug: str) -> Response:
         tenant = self.tenant

@@ -140,6 +140,7 @@ def approval_request_create(
         rule_id=rule_id,
         reason=reason[:500],
         policy_version=policy_version,
+        created_at=now,
         expires_at=now + timedelta(seconds=timeout_seconds),
         node=node,
         lease_until=now + timedelta(seconds=lease_seconds),

@@ -17,7 +17,7 @@ import binascii
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from mcp_types.version import (
 )
 
 from orchestrator import __version__
+from orchestrator.approvals import Progress
 from orchestrator.gateway import AgentContext, CallError, CallMeta, Gateway
 from orchestrator.protocol.jsonrpc import (
     INVALID_PARAMS,
@@ -53,6 +54,8 @@ SERVER_INFO = {"name": "workingagents-orchestrator", "version": __version__}
 CAPABILITIES: dict[str, Any] = {"tools": {"listChanged": True}}
 LISTEN = "subscriptions/listen"
 TOOLS_LIST_CHANGED = "notifications/tools/list_changed"
+PROGRESS = "notifications/progress"
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
 MAX_SUBSCRIPTIONS = 16  # open listen streams per WebSocket connection (HTTP: per token)
 MAX_TOOL_NAME = 300  # characters; the audit trail keeps this much of a name
 INSTRUCTIONS = (
@@ -198,10 +201,14 @@ class McpSession:
         *,
         transport: str,
         protocol_version: str | None = None,
+        notify: Notify | None = None,
     ) -> None:
         self.gateway = gateway
         self.ctx = ctx
         self.transport = transport
+        # Sends a server notification on this conversation (progress of a held call); None:
+        # the transport has no way to (a plain JSON reply over HTTP).
+        self.notify = notify
         self.protocol_version = protocol_version  # fixed by initialize (handshake era)
         # Handshake era: the tool list as of initialize, and whether notifications/initialized
         # came (list_changed is sent only after it).
@@ -356,9 +363,36 @@ class McpSession:
         if not isinstance(arguments, dict):
             raise JsonRpcError(INVALID_PARAMS, "tools/call params.arguments must be an object")
         meta = CallMeta(
-            transport=self.transport, protocol_version=version, request_id=str(request.id)
+            transport=self.transport,
+            protocol_version=version,
+            request_id=str(request.id),
+            progress=self._progress(progress_token(request)),
         )
         return await self.gateway.call_tool(self.ctx, meta, name=name, arguments=arguments)
+
+    def _progress(self, token: RequestId | None) -> Progress | None:
+        """``notifications/progress`` for the request that carried ``token``, if the transport
+        can send it."""
+        notify = self.notify
+        if token is None or notify is None:
+            return None
+
+        async def progress(done: float, total: float | None, message: str) -> None:
+            params: dict[str, Any] = {"progressToken": token, "progress": done}
+            if total is not None:
+                params["total"] = total
+            params["message"] = message
+            await notify({"jsonrpc": "2.0", "method": PROGRESS, "params": params})
+
+        return progress
+
+
+def progress_token(request: Request) -> RequestId | None:
+    """The ``params._meta.progressToken`` a request carries: the client asks for progress."""
+    meta = request.params.get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    valid = isinstance(token, str | int) and not isinstance(token, bool)
+    return token if valid else None
 
 
 def cancelled_request_id(notification: Notification) -> Any:

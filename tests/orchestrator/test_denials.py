@@ -11,7 +11,7 @@ from governance.models import Tenant
 from governance.services.agents import agent_create, tenant_create, token_issue
 from governance.services.policy import rule_create
 from governance.services.toolservers import tool_catalog_sync, toolserver_add
-from orchestrator.gateway import APPROVAL_REQUIRED, PERMISSION_DENIED, CallError, CallMeta, Gateway
+from orchestrator.gateway import PERMISSION_DENIED, CallError, CallMeta, Gateway
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -82,12 +82,3 @@ async def test_full_detail_explains_each_condition():
     error, deny_id, _ = await refusal("full", "files__delete")
     assert error.data["rule"] == deny_id
     assert "    $.recursive equals true: true → holds" in error.data["explanation"]
-
-
-async def test_require_approval_is_refused_clearly_until_calls_can_be_held():
-    error, _, approval_id = await refusal("rule", "files__archive")
-    assert error.code == APPROVAL_REQUIRED
-    assert error.message.startswith(f"approval required: approval required by rule {approval_id}")
-    assert "cannot hold calls for approval yet" in error.message
-    record = await AuditRecord.objects.aget(kind="intent")
-    assert (record.decision, record.rule_id) == ("require_approval", approval_id)

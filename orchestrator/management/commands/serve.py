@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
@@ -18,18 +21,31 @@ class Command(BaseCommand):
         from channels.routing import get_default_application
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server
+        from twisted.internet import defer, reactor
 
         from orchestrator import daphne_fixes
+        from orchestrator.gateway import gateway_shutdown
 
         daphne_fixes.install()
 
         def ready() -> None:
+            if not settings.GATEWAY_NODE and server.listening_addresses:
+                # Named by host and port, so a restart on the same port recognises the
+                # approval requests its former self left pending.
+                port = server.listening_addresses[0][1]
+                settings.GATEWAY_NODE = f"{socket.gethostname()}:{port}"
             for address in server.listening_addresses:
                 self.stdout.write(
                     f"gateway listening on http://{address[0]}:{address[1]}", ending="\n"
                 )
             self.stdout.flush()
 
+        def shutting_down() -> defer.Deferred[None]:
+            # On SIGTERM/SIGINT, before Twisted drops the connections: calls held for approval
+            # are answered with a clear error, and the audit writer is flushed.
+            return defer.Deferred.fromFuture(asyncio.ensure_future(gateway_shutdown()))
+
+        reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
         server = Server(
             application=get_default_application(),
             endpoints=build_endpoint_description_strings(host=host, port=port),
