@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+logger = logging.getLogger(__name__)
+
+
+def _log_failure(task: asyncio.Future[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "the gateway did not start; the next request retries", exc_info=task.exception()
+        )
 
 
 class Command(BaseCommand):
@@ -24,7 +34,7 @@ class Command(BaseCommand):
         from twisted.internet import defer, reactor
 
         from orchestrator import daphne_fixes
-        from orchestrator.gateway import gateway_shutdown
+        from orchestrator.gateway import gateway_shutdown, get_gateway
 
         daphne_fixes.install()
 
@@ -34,6 +44,10 @@ class Command(BaseCommand):
                 # approval requests its former self left pending.
                 port = server.listening_addresses[0][1]
                 settings.GATEWAY_NODE = f"{socket.gethostname()}:{port}"
+            # Start the gateway now, not on the first request: it resolves at once what a
+            # former process of this node left held for approval.
+            starting = asyncio.ensure_future(get_gateway())
+            starting.add_done_callback(_log_failure)
             for address in server.listening_addresses:
                 self.stdout.write(
                     f"gateway listening on http://{address[0]}:{address[1]}", ending="\n"
