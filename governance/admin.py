@@ -1,27 +1,35 @@
-"""Django admin for governance data. Every save bumps the tenant's version so live gateways
-apply the change within GOVERNANCE_POLL_SECONDS, and is recorded in the tenant's audit chain
-(who, what, the diff) in the same transaction."""
+"""Django admin for governance data. Every change is recorded in the tenant's audit chain (who,
+what, the diff) in the same transaction, and every change to what agents may do bumps the
+tenant's version so live gateways apply it within GOVERNANCE_POLL_SECONDS. Who may use the
+dashboard (memberships) is recorded without a bump; approval requests, alerts and slow checks
+are written by the gateway and the services and only shown here."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import admin as auth_admin
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Count, Model, Q
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from governance.models import (
     Agent,
     AgentToken,
     Alert,
+    ApprovalRequest,
     Guardrail,
+    Membership,
     RateLimit,
     Role,
     Rule,
@@ -33,9 +41,9 @@ from governance.models import (
 from governance.selectors import policy_explain
 from governance.services.agents import token_issue, token_revoke
 from governance.services.changes import (
-    Snapshot,
     change_record,
     object_snapshot,
+    object_subject,
     removals_prepare,
     removals_record,
     tenant_id_of,
@@ -55,67 +63,93 @@ def _actor(request: HttpRequest) -> str:
     return request.user.get_username()
 
 
-def _stored(obj: Model) -> Snapshot:
-    """The row as the database holds it: the form has already changed ``obj`` in memory."""
-    return object_snapshot(type(obj)._default_manager.select_for_update().get(pk=obj.pk))
+# Not what agents may do: who may use the dashboard. Recorded, without a version bump.
+_UNVERSIONED: tuple[type[Model], ...] = (Membership,)
+# Written elsewhere while the page is open (the version by every change, presence by the
+# gateways): saved as the locked row holds them, never as the page loaded them.
+_KEPT: dict[type[Model], tuple[str, ...]] = {Tenant: ("version",), Agent: ("last_seen_at",)}
 
 
-class VersionedAdmin(admin.ModelAdmin):
-    """Saves and deletes through the admin count as governance changes: each bumps the
-    tenant's version and appends one admin record per object to the tenant's audit chain, in
-    the transaction of the change (the admin's add, change and delete views run in one)."""
+def _versions_bump(model: type[Model], tenant_ids: Iterable[int]) -> None:
+    """Bump the version of each tenant whose ``model`` objects changed, unless ``model`` is
+    not what agents may do."""
+    if issubclass(model, _UNVERSIONED):
+        return
+    for tenant_id in sorted(set(tenant_ids)):
+        tenant_version_bump(tenant_id=tenant_id)
 
-    def save_model(self, request, obj, form, change):
-        with transaction.atomic():
-            # Read before the write; recorded in save_related, once the many-to-many fields
-            # (an agent's roles) are saved as well.
-            form.audit_before = _stored(obj) if change else None
-            super().save_model(request, obj, form, change)
-            tenant_version_bump(tenant_id=tenant_id_of(obj))
 
-    def save_related(self, request, form, formsets, change):
-        with transaction.atomic():
-            form.save_m2m()  # what ModelAdmin.save_related does, with the record in between
-            change_record(
-                actor=_actor(request),
-                action="changed" if change else "created",
-                obj=form.instance,
-                before=form.audit_before,
-            )
-            for formset in formsets:
-                self.save_formset(request, form, formset, change=change)
+class InlinesRecorded:
+    """Inline rows (an agent's tokens, a tenant's or a person's memberships) are objects of
+    their own: one record each, in their tenant's chain."""
 
     def save_formset(self, request, form, formset, change):
-        # Inline rows (an agent's tokens) are objects of their own: one record each.
         with transaction.atomic():
             ids = [f.instance.pk for f in formset.initial_forms if f.instance.pk is not None]
             stored = formset.model._default_manager.select_for_update().filter(pk__in=ids)
             before = {obj.pk: object_snapshot(obj) for obj in stored}
             removals = removals_prepare(f.instance for f in formset.deleted_forms)
-            super().save_formset(request, form, formset, change)
+            super().save_formset(request, form, formset, change)  # type: ignore[misc]
             actor = _actor(request)
+            tenant_ids = [removal.tenant_id for removal in removals]
             for obj in formset.new_objects:
                 change_record(actor=actor, action="created", obj=obj, before=None)
+                tenant_ids.append(tenant_id_of(obj))
             for obj, _ in formset.changed_objects:
-                change_record(actor=actor, action="changed", obj=obj, before=before[obj.pk])
+                if change_record(actor=actor, action="changed", obj=obj, before=before[obj.pk]):
+                    tenant_ids.append(tenant_id_of(obj))
             removals_record(removals, actor=actor)
+            _versions_bump(formset.model, tenant_ids)
+
+
+class VersionedAdmin(InlinesRecorded, admin.ModelAdmin):
+    """Saves and deletes through the admin count as governance changes: each appends one
+    admin record per object to the tenant's audit chain and, when it changes what agents may
+    do, bumps the tenant's version, in the transaction of the change (the admin's add,
+    change and delete views run in one). A save that changes nothing does neither."""
+
+    def save_model(self, request, obj, form, change):
+        with transaction.atomic():
+            # Read before the write; recorded in save_related, once the many-to-many fields
+            # (an agent's roles) are saved as well.
+            form.audit_before = None
+            if change:
+                stored = type(obj)._default_manager.select_for_update().get(pk=obj.pk)
+                form.audit_before = object_snapshot(stored)
+                for name in _KEPT.get(type(obj), ()):
+                    setattr(obj, name, getattr(stored, name))
+            super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        with transaction.atomic():
+            form.save_m2m()  # what ModelAdmin.save_related does, with the record in between
+            obj = form.instance
+            record = change_record(
+                actor=_actor(request),
+                action="changed" if change else "created",
+                obj=obj,
+                before=form.audit_before,
+            )
+            if record is not None:
+                _versions_bump(type(obj), [tenant_id_of(obj)])
+            for formset in formsets:
+                self.save_formset(request, form, formset, change=change)
 
     def delete_model(self, request, obj):
         with transaction.atomic():
             tenant_id = tenant_id_of(obj)
             removals = removals_prepare([obj])
             super().delete_model(request, obj)
-            tenant_version_bump(tenant_id=tenant_id)
+            _versions_bump(type(obj), [tenant_id])
             removals_record(removals, actor=_actor(request))
 
     def delete_queryset(self, request, queryset):
         with transaction.atomic():
             objs = sorted(queryset, key=lambda obj: obj.pk)  # recorded in id order
-            tenant_ids = {tenant_id_of(obj) for obj in objs}
+            tenant_ids = [tenant_id_of(obj) for obj in objs]
             removals = removals_prepare(objs)
             super().delete_queryset(request, queryset)
-            for tenant_id in sorted(tenant_ids):
-                tenant_version_bump(tenant_id=tenant_id)
+            _versions_bump(queryset.model, tenant_ids)
             removals_record(removals, actor=_actor(request))
 
 
@@ -162,11 +196,35 @@ def _pre(value: Any) -> str:
     return format_html("<pre>{}</pre>", text)
 
 
+class MembershipInline(admin.TabularInline):
+    """A person's role in a tenant: on the tenant's page (who) and on the person's (where)."""
+
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user", "tenant"]
+    readonly_fields = ["created_at"]
+
+
 @admin.register(Tenant)
 class TenantAdmin(VersionedAdmin):
-    list_display = ["slug", "name", "denial_detail", "version", "created_at"]
+    list_display = [
+        "slug",
+        "name",
+        "denial_detail",
+        "four_eyes",
+        "approval_timeout_seconds",
+        "audit_retention_days",
+        "version",
+        "created_at",
+    ]
+    list_filter = ["four_eyes", "denial_detail"]
     search_fields = ["slug", "name"]
     readonly_fields = ["version", "created_at"]
+    inlines = [MembershipInline]
+
+    def get_inline_instances(self, request, obj=None):
+        # The tenant first, then its people: the add page stays the tenant's settings alone.
+        return super().get_inline_instances(request, obj) if obj is not None else []
 
     def save_related(self, request, form, formsets, change):
         with transaction.atomic():
@@ -186,7 +244,7 @@ class TokenInline(admin.TabularInline):
 class AgentAdminForm(forms.ModelForm):
     class Meta:
         model = Agent
-        fields = ["tenant", "name", "description", "is_active", "roles"]
+        fields = ["tenant", "name", "description", "is_active", "owner", "roles"]
 
     def clean(self):
         cleaned = super().clean()
@@ -199,10 +257,18 @@ class AgentAdminForm(forms.ModelForm):
 @admin.register(Agent)
 class AgentAdmin(VersionedAdmin):
     form = AgentAdminForm
-    list_display = ["name", "tenant", "is_active", "created_at"]
-    list_filter = ["tenant", "is_active", "roles"]
+    list_display = ["name", "tenant", "is_active", "owner", "last_seen_at", "created_at"]
+    list_filter = [
+        "tenant",
+        "is_active",
+        "roles",
+        ("owner", admin.RelatedOnlyFieldListFilter),
+        "last_seen_at",
+    ]
     filter_horizontal = ["roles"]
-    search_fields = ["name", "description"]
+    autocomplete_fields = ["owner"]
+    search_fields = ["name", "description", "owner__username"]
+    readonly_fields = ["last_seen_at", "created_at"]  # presence: the gateways write it
     inlines = [TokenInline]
     actions = ["issue_token"]
 
@@ -220,7 +286,7 @@ class AgentAdmin(VersionedAdmin):
 @admin.register(AgentToken)
 class AgentTokenAdmin(VersionedAdmin):
     list_display = ["prefix", "agent", "created_at", "expires_at", "revoked_at"]
-    list_filter = ["agent__tenant", "revoked_at"]
+    list_filter = ["agent__tenant", "revoked_at", "expires_at", "created_at"]
     search_fields = ["prefix", "agent__name"]
     readonly_fields = ["agent", "prefix", "created_at", "revoked_at"]
     fields = ["agent", "prefix", "created_at", "expires_at", "revoked_at"]
@@ -376,6 +442,22 @@ class RoleAdmin(VersionedAdmin):
     list_display = ["name", "tenant", "description", "created_at"]
     list_filter = ["tenant"]
     search_fields = ["name", "description"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Membership)
+class MembershipAdmin(VersionedAdmin):
+    """Who may use a tenant's dashboard and API, and in which role. Recorded in the tenant's
+    chain; it alters nothing agents may do, so the tenant's version stays."""
+
+    list_display = ["user", "tenant", "role", "created_at"]
+    list_filter = ["tenant", "role"]
+    search_fields = ["user__username", "user__email", "tenant__slug", "tenant__name"]
+    autocomplete_fields = ["user", "tenant"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # A membership is one person in one tenant: another person or tenant is another one.
+        return ["user", "tenant", "created_at"] if obj else ["created_at"]
 
 
 class RuleAdminForm(forms.ModelForm):
@@ -619,8 +701,19 @@ class AlertAdmin(NoEditing, NoDeleting, admin.ModelAdmin):
 class SlowCheckAdmin(NoDeleting, admin.ModelAdmin):
     """Slow (Celery) checks and their verdicts: written by the gateway and the workers."""
 
-    list_display = ["call_id", "name", "stage", "mode", "status", "verdict", "score", "created_at"]
+    list_display = [
+        "call_id",
+        "name",
+        "stage",
+        "mode",
+        "status",
+        "verdict",
+        "score",
+        "created_at",
+        "tenant",
+    ]
     list_filter = ["status", "verdict", "name", "stage", "mode", "tenant"]
+    search_fields = ["=call_id", "name"]
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request):
@@ -628,3 +721,124 @@ class SlowCheckAdmin(NoDeleting, admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+def call_records_url(*, tenant_id: int, call_id: Any) -> str:
+    """The audit trail's list filtered to one call's records (intent, approval, outcome…)."""
+    query = urlencode({"tenant__id__exact": tenant_id, "call_id": call_id})
+    return f"{reverse('admin:audit_auditrecord_changelist')}?{query}"
+
+
+@admin.register(ApprovalRequest)
+class ApprovalRequestAdmin(NoDeleting, admin.ModelAdmin):
+    """Calls held for a reviewer, as the gateway and the reviewers left them. Shown only:
+    decisions are made in the dashboard or the API, through ``approval_decide``, so the four
+    eyes rule and the audit record apply."""
+
+    list_display = [
+        "created_at",
+        "tenant",
+        "agent_name",
+        "tool",
+        "status",
+        "decided_by_name",
+        "expires_at",
+        "call_records",
+    ]
+    list_filter = ["status", "tenant", "created_at"]
+    search_fields = ["tool", "agent_name", "=call_id", "=id"]
+    date_hierarchy = "created_at"
+    ordering = ["-created_at"]
+    list_select_related = ["tenant"]
+    fieldsets = [
+        (None, {"fields": ["id", "tenant", "agent", "agent_name", "tool", "status"]}),
+        (
+            "The call",
+            {
+                "fields": [
+                    "call_id",
+                    "call_records",
+                    "shown_arguments",
+                    "arguments_digest",
+                    "rule_id",
+                    "reason",
+                    "policy_version",
+                ]
+            },
+        ),
+        (
+            "Decision",
+            {"fields": ["decided_at", "decided_by", "decided_by_name", "comment", "released_at"]},
+        ),
+        ("Held by", {"fields": ["created_at", "expires_at", "node", "lease_until"]}),
+    ]
+    readonly_fields = [
+        *(f.name for f in ApprovalRequest._meta.fields if f.name != "arguments"),
+        "shown_arguments",
+        "call_records",
+    ]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="arguments")
+    def shown_arguments(self, approval: ApprovalRequest) -> str:
+        return _pre(approval.arguments)
+
+    @admin.display(description="audit records")
+    def call_records(self, approval: ApprovalRequest) -> str:
+        url = call_records_url(tenant_id=approval.tenant_id, call_id=approval.call_id)
+        return format_html('<a href="{}">records of this call</a>', url)
+
+
+# --- people ------------------------------------------------------------------------------------
+User = get_user_model()
+
+
+def _users_delete(request: HttpRequest, users: list[Model], delete: Callable[[], None]) -> None:
+    """Deleting people deletes their memberships and leaves the agents they were responsible
+    for without an owner: each recorded in its tenant's chain, as done with the deletion."""
+    with transaction.atomic():
+        memberships = []
+        for user in users:
+            of_user = Membership.objects.filter(user=user).order_by("id")
+            memberships.append((object_subject(user), removals_prepare(of_user)))
+        subjects = {user.pk: object_subject(user) for user in users}
+        owned = Agent.objects.select_for_update().filter(owner__in=users).order_by("id")
+        before = [(agent, subjects[agent.owner_id], object_snapshot(agent)) for agent in owned]
+        delete()
+        actor = _actor(request)
+        for subject, removals in memberships:
+            removals_record(removals, actor=actor, action=f"deleted with {subject}")
+        for agent, owner, snapshot in before:
+            agent.refresh_from_db()
+            action = f"changed with {owner} deleted"
+            change_record(actor=actor, action=action, obj=agent, before=snapshot)
+        _versions_bump(Agent, [agent.tenant_id for agent, _, _ in before])
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(InlinesRecorded, auth_admin.UserAdmin):
+    """Django's user admin, with the person's roles in tenants; those are recorded in each
+    tenant's chain, as is what deleting a person changes there."""
+
+    inlines = [*auth_admin.UserAdmin.inlines, MembershipInline]
+
+    def get_inline_instances(self, request, obj=None):
+        # As Django adds a user: a name and a password first, the rest on the next page.
+        return super().get_inline_instances(request, obj) if obj is not None else []
+
+    def delete_model(self, request, obj):
+        _users_delete(request, [obj], lambda: super(UserAdmin, self).delete_model(request, obj))
+
+    def delete_queryset(self, request, queryset):
+        users = list(queryset.order_by("pk"))
+        _users_delete(
+            request, users, lambda: super(UserAdmin, self).delete_queryset(request, queryset)
+        )

@@ -28,6 +28,7 @@ from governance.models import (
     Agent,
     AgentToken,
     Guardrail,
+    Membership,
     RateLimit,
     Role,
     Rule,
@@ -54,7 +55,7 @@ _IGNORED: dict[type[Model], frozenset[str]] = {
 # Reverse many-to-many relations that are part of the object: who holds a role.
 _MEMBERS: dict[type[Model], tuple[str, ...]] = {Role: ("agents",)}
 # Deleted along with another object and recorded with it (a cascade from an agent or server).
-_GOVERNED = (Agent, AgentToken, ToolServer, Tool, Role, Rule, Guardrail, RateLimit)
+_GOVERNED = (Agent, AgentToken, ToolServer, Tool, Role, Rule, Guardrail, RateLimit, Membership)
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,14 @@ def test_tenant_create_records_the_tenant_then_each_default_guardrail():
     ]
     assert len(guardrails) == len(DEFAULT_GUARDRAILS)
     assert records[0].diff == created(
-        {"slug": "beta", "name": "Beta", "denial_detail": "rule", "audit_retention_days": None}
+        {
+            "slug": "beta",
+            "name": "Beta",
+            "denial_detail": "rule",
+            "audit_retention_days": None,
+            "four_eyes": True,
+            "approval_timeout_seconds": 900,
+        }
     )
     size = next(g for g in guardrails if g.name == "size")
     assert records[1 + guardrails.index(size)].diff == created(
@@ -162,6 +169,7 @@ def test_agent_create_records_the_agent(tenant, mark):
             "name": "bob",
             "description": "builds",
             "is_active": True,
+            "owner": None,
             "roles": [],
         }
     )
@@ -625,7 +633,14 @@ def test_admin_delete_of_an_agent_records_what_went_with_it(admin_client, tenant
         (f"deleted with {agent_subject}", rule_subject),
     ]
     assert records[0].diff == deleted(
-        {"tenant": tenant.id, "name": "alice", "description": "", "is_active": True, "roles": []}
+        {
+            "tenant": tenant.id,
+            "name": "alice",
+            "description": "",
+            "is_active": True,
+            "owner": None,
+            "roles": [],
+        }
     )
     assert records[1].diff == deleted(
         {"agent": alice.id, "prefix": token.prefix, "expires_at": None, "revoked_at": None}
@@ -634,7 +649,14 @@ def test_admin_delete_of_an_agent_records_what_went_with_it(admin_client, tenant
 
 
 def test_admin_add_of_a_tenant_records_it_and_its_default_guardrails(admin_client, admin_user):
-    data = {"slug": "beta", "name": "Beta", "denial_detail": "rule", "audit_retention_days": ""}
+    data = {
+        "slug": "beta",
+        "name": "Beta",
+        "denial_detail": "rule",
+        "audit_retention_days": "",
+        "four_eyes": "on",
+        "approval_timeout_seconds": "900",
+    }
     response = admin_client.post(reverse("admin:governance_tenant_add"), data)
     assert response.status_code == 302
     tenant = Tenant.objects.get(slug="beta")

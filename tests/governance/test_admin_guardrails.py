@@ -274,7 +274,13 @@ def test_the_rate_limit_form_refuses_an_agent_of_another_tenant(admin_client, te
 def test_a_tenant_added_in_admin_gets_the_default_guardrails(admin_client):
     response = admin_client.post(
         reverse("admin:governance_tenant_add"),
-        {"slug": "globex", "name": "Globex", "denial_detail": "rule"},
+        {
+            "slug": "globex",
+            "name": "Globex",
+            "denial_detail": "rule",
+            "four_eyes": "on",
+            "approval_timeout_seconds": "900",
+        },
     )
     assert response.status_code == 302
     tenant = Tenant.objects.get(slug="globex")
