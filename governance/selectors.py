@@ -208,6 +208,14 @@ def policy_explain(
 
 
 # --- who may review a tenant -------------------------------------------------------------------
+_ROLE_RANK = {Membership.Role.REVIEWER: 1, Membership.Role.ADMIN: 2}
+
+
+def role_allows(held: str, needed: str) -> bool:
+    """Whether a member with role ``held`` may do what needs ``needed`` (admin ⊇ reviewer)."""
+    return _ROLE_RANK[held] >= _ROLE_RANK[needed]
+
+
 def member_role(*, user: AbstractBaseUser | AnonymousUser, tenant: Tenant) -> str | None:
     """The user's role in the tenant (``reviewer`` or ``admin``), or None: no access at all.
     Superusers are admins of every tenant."""

@@ -12,9 +12,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from governance.models import Membership, Tenant
-from governance.selectors import member_role
-
-ROLE_RANK = {Membership.Role.REVIEWER: 1, Membership.Role.ADMIN: 2}
+from governance.selectors import member_role, role_allows
 
 
 class TenantAPIView(APIView):
@@ -39,6 +37,6 @@ class TenantAPIView(APIView):
         if tenant is None or held is None:
             raise NotFound(f"no tenant {slug!r}")
         needed = self.roles.get(request.method or "", self.role)
-        if ROLE_RANK[held] < ROLE_RANK[needed]:
+        if not role_allows(held, needed):
             raise PermissionDenied(f"this needs the {needed} role in tenant {slug!r}")
         self.tenant = tenant

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx2
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -67,7 +68,8 @@ def test_run_embedded_comes_up_serves_an_agent_and_heals(tmp_path: Path):
     try:
         token = out.wait_for(r"Agent token: (wa_\S+)").group(1)
         out.wait_for(rf"Dashboard: +http://127.0.0.1:{port}/")
-        out.wait_for(r"Admin login: admin / \S+")
+        reviewer_password = out.wait_for(r"Logins: +reviewer / (\S+)").group(1)
+        out.wait_for(r"admin / \S+ +\(superuser")
 
         agent = subprocess.run(
             [
@@ -87,6 +89,33 @@ def test_run_embedded_comes_up_serves_an_agent_and_heals(tmp_path: Path):
         assert agent.returncode == 0, agent.stderr
         assert "time__get_current_time" in agent.stdout
         assert "'timezone': 'UTC'" in agent.stdout
+
+        # The printed command for a call held for approval, approved by the printed reviewer.
+        held = out.wait_for(r"(examples/agent\.py .* \\)$").group(1)
+        held_args = out.wait_for(r"--tool (\S+) --arguments '(.+)'$")
+        assert f"--token {token}" in held
+        waiting = subprocess.Popen(
+            [sys.executable, "examples/agent.py", "--url", f"http://127.0.0.1:{port}/mcp",
+             "--token", token, "--tool", held_args.group(1), "--arguments", held_args.group(2)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        api = f"http://127.0.0.1:{port}/api/v1/tenants/demo/approvals"
+        auth = ("reviewer", reviewer_password)
+        deadline = time.monotonic() + 30
+        while not (
+            queue := httpx2.get(api, params={"status": "pending"}, auth=auth).json()["results"]
+        ):
+            assert time.monotonic() < deadline, "no request arrived in the queue"
+            assert waiting.poll() is None, waiting.stdout.read() if waiting.stdout else ""
+            time.sleep(0.2)
+        decided = httpx2.post(
+            f"{api}/{queue[0]['id']}/decision", json={"decision": "approve"}, auth=auth
+        )
+        assert decided.status_code == 200, decided.text
+        told, _ = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, told
+        assert "waiting for a reviewer to approve" in told
+        assert "'timezone': 'Asia/Tokyo'" in told
 
         ping = subprocess.run(
             [

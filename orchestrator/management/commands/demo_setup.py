@@ -1,6 +1,7 @@
-"""Idempotent demo data for the embedded default: a tenant, an admin login, an agent with a
-token, and the time MCP server, allowed to it by a rule. The demo credentials are kept in
-DATA_DIR/demo-credentials.json (mode 0600) so every `make run` can print them again."""
+"""Idempotent demo data for the embedded default: a tenant, an admin login, a reviewer login,
+an agent with a token, and the time MCP server, allowed to it by a rule, with conversions held
+for a reviewer's approval. The demo credentials are kept in DATA_DIR/demo-credentials.json
+(mode 0600) so every `make run` can print them again."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from governance.management.commands._util import cli_actor
-from governance.models import Agent, Rule, Tenant, ToolServer
+from governance.models import Agent, Membership, Rule, Tenant, ToolServer
 from governance.services.agents import agent_create, tenant_create, token_digest, token_issue
+from governance.services.members import membership_set
 from governance.services.policy import rule_create
 
-TENANT, AGENT, SERVER = "demo", "demo-agent", "time"
+TENANT, AGENT, SERVER, REVIEWER = "demo", "demo-agent", "time", "reviewer"
+HELD_TOOL = "time__convert_time"  # the demo's tool that waits for a reviewer
 
 
 def credentials_path() -> Path:
@@ -47,6 +50,15 @@ class Command(BaseCommand):
         elif not admin.check_password(creds["admin_password"]):
             admin.set_password(creds["admin_password"])
             admin.save(update_fields=["password"])
+        if not creds.get("reviewer_password"):
+            creds["reviewer_password"] = secrets.token_urlsafe(12)
+        reviewer = user_model.objects.filter(username=REVIEWER).first()
+        if reviewer is None:
+            reviewer = user_model.objects.create_user(REVIEWER, "", creds["reviewer_password"])
+        elif not reviewer.check_password(creds["reviewer_password"]):
+            reviewer.set_password(creds["reviewer_password"])
+            reviewer.save(update_fields=["password"])
+        membership_set(tenant=tenant, user=reviewer, role=Membership.Role.REVIEWER, actor=actor)
 
         agent = Agent.objects.filter(tenant=tenant, name=AGENT).first() or agent_create(
             tenant=tenant, name=AGENT, description="The demo agent of `make run`.", actor=actor
@@ -74,6 +86,16 @@ class Command(BaseCommand):
                 effect=Rule.Effect.ALLOW,
                 resource=f"{SERVER}__*",
                 description="the demo agent may use the time tools",
+                actor=actor,
+            )
+        held = Rule.objects.filter(tenant=tenant, effect=Rule.Effect.REQUIRE_APPROVAL)
+        if not held.filter(resource=HELD_TOOL).exists():
+            rule_create(
+                tenant=tenant,
+                agent=agent,
+                effect=Rule.Effect.REQUIRE_APPROVAL,
+                resource=HELD_TOOL,
+                description="a reviewer approves each time conversion",
                 actor=actor,
             )
 

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from orchestrator.management.commands.demo_setup import credentials_path
+from orchestrator.management.commands.demo_setup import HELD_TOOL, credentials_path
 
 RESTART_DELAY = 0.5  # seconds between a child's death and its restart
 
@@ -65,16 +65,25 @@ class Command(BaseCommand):
         base = f"http://{settings.HOST}:{settings.PORT}"
         ws = f"ws://{settings.HOST}:{settings.PORT}/mcp/ws"
         token = creds["agent_token"]
+        held = json.dumps(
+            {"source_timezone": "UTC", "time": "12:00", "target_timezone": "Asia/Tokyo"}
+        )
         self.stdout.write(
             f"""
 ================ WorkingAgents Orchestrator is running ================
-Dashboard:   {base}/            (admin: {base}/admin/)
-Admin login: admin / {creds["admin_password"]}
+Dashboard:   {base}/dashboard/   (Django admin: {base}/admin/)
+Logins:      reviewer / {creds["reviewer_password"]}   (reviews tenant demo)
+             admin / {creds["admin_password"]}   (superuser: every tenant, and the admin)
 Agent token: {token}
 MCP:         {base}/mcp  (streamable HTTP)   {ws}  (WebSocket, subprotocol "mcp")
 
 Try it (in another terminal, from this directory):
   .venv/bin/python examples/agent.py --url {base}/mcp --token {token}
+
+A call that waits for a reviewer: run this, then approve or deny it on
+{base}/dashboard/demo/approvals (logged in as reviewer):
+  .venv/bin/python examples/agent.py --url {base}/mcp --token {token} \\
+      --tool {HELD_TOOL} --arguments '{held}'
 
 or in your own code:
   import asyncio, httpx2
@@ -86,6 +95,9 @@ or in your own code:
               print([t.name for t in (await client.list_tools()).tools])
               print(await client.call_tool("time__get_current_time", {{"timezone": "UTC"}}))
   asyncio.run(main())
+A second tenant and its reviewer (who sees nothing of demo):
+  .venv/bin/python manage.py tenant_create other
+  .venv/bin/python manage.py member_add oscar --tenant other
 Audit trail: .venv/bin/python manage.py audit_tail --tenant demo --json
 Stop with Ctrl-C.
 =======================================================================
