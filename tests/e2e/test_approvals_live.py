@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from tests.e2e.conftest import Gateway, jsonrpc, mcp_client, start_server, stop_server
 
@@ -144,13 +144,21 @@ async def test_a_denied_call_tells_the_client_the_reviewers_words(gw: Gateway, t
     assert denied.value.error.data["approval"] == request["id"]
 
 
-async def test_a_client_that_disconnects_cancels_its_request(gw: Gateway):
+@contextlib.asynccontextmanager
+async def held_on_ws(gw: Gateway) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
+    """A bare WebSocket client whose tools/call is held: the socket and the pending request."""
     headers = {"Authorization": f"Bearer {gw.tokens['alice']}"}
     async with connect(gw.ws_url, subprotocols=["mcp"], additional_headers=headers) as ws:
         await ws.send(jsonrpc("initialize", {"protocolVersion": "2025-11-25"}))
         await ws.recv()
         await ws.send(jsonrpc("tools/call", {"name": "time__convert_time", "arguments": TOKYO}, 2))
         (request,) = await pending(gw)
+        yield ws, request
+
+
+async def test_a_client_that_disconnects_cancels_its_request(gw: Gateway):
+    async with held_on_ws(gw) as (_, request):
+        pass
     async with asyncio.timeout(10):
         while status_of(gw, request["id"]) == "pending":
             await asyncio.sleep(0.05)
@@ -170,12 +178,7 @@ def restart(gw: Gateway, how: signal.Signals) -> None:
 
 
 async def test_a_gateway_stopping_answers_its_waiting_calls_clearly(gw: Gateway):
-    headers = {"Authorization": f"Bearer {gw.tokens['alice']}"}
-    async with connect(gw.ws_url, subprotocols=["mcp"], additional_headers=headers) as ws:
-        await ws.send(jsonrpc("initialize", {"protocolVersion": "2025-11-25"}))
-        await ws.recv()
-        await ws.send(jsonrpc("tools/call", {"name": "time__convert_time", "arguments": TOKYO}, 3))
-        (request,) = await pending(gw)
+    async with held_on_ws(gw) as (ws, request):
         await asyncio.to_thread(restart, gw, signal.SIGTERM)
         answer = await asyncio.wait_for(ws.recv(), 5)  # sent before the connection went
     assert '"code":-32002' in answer
@@ -185,12 +188,7 @@ async def test_a_gateway_stopping_answers_its_waiting_calls_clearly(gw: Gateway)
 
 
 async def test_a_killed_gateway_resolves_what_it_held_when_it_starts_again(gw: Gateway):
-    headers = {"Authorization": f"Bearer {gw.tokens['alice']}"}
-    async with connect(gw.ws_url, subprotocols=["mcp"], additional_headers=headers) as ws:
-        await ws.send(jsonrpc("initialize", {"protocolVersion": "2025-11-25"}))
-        await ws.recv()
-        await ws.send(jsonrpc("tools/call", {"name": "time__convert_time", "arguments": TOKYO}, 4))
-        (request,) = await pending(gw)
+    async with held_on_ws(gw) as (_, request):
         await asyncio.to_thread(restart, gw, signal.SIGKILL)
     # The new process (same GATEWAY_NODE) resolves it as it starts, before serving anyone.
     async with mcp_client(gw, gw.tokens["alice"]) as client:

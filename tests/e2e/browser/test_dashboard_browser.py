@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from mcp import Client, MCPError
 from mcp.types import CallToolResult
-from playwright.async_api import Browser, Page, Response, expect
+from playwright.async_api import Browser, Locator, Page, Response, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e.browser.conftest import PASSWORDS, TIMEOUT_MS, Snap
@@ -186,17 +186,18 @@ async def test_the_feed_shows_a_new_call_without_reloading(
     await snap(page, "feed-with-live-call")
 
 
-async def test_a_reviewer_approves_a_held_call_and_the_agent_gets_the_result(
-    page: Page, snap: Snap, dashboard_gateway: Gateway
-) -> None:
-    gw = dashboard_gateway
+@contextlib.asynccontextmanager
+async def shown_while_held(
+    page: Page, gw: Gateway, progress: list[float]
+) -> AsyncIterator[tuple[Locator, asyncio.Task[CallToolResult]]]:
+    """Rita's approvals page, open and live; alice's time__convert_time held by the gateway;
+    its request shown on the page without a reload. Yields the request's element and the
+    agent's waiting call."""
     await login_reviewer(page, "rita", "acme")
     await open_live(page, "/dashboard/acme/approvals")
     await expect(page.locator("#approvals")).to_be_visible(timeout=TIMEOUT_MS)
     url = page.url
-    progress: list[float] = []
     known = approval_ids(gw)
-
     async with (
         mcp_client(gw, gw.tokens["alice"], transport="ws") as client,
         held_call(client, "time__convert_time", CONVERT, progress) as call,
@@ -206,6 +207,14 @@ async def test_a_reviewer_approves_a_held_call_and_the_agent_gets_the_result(
         await expect(item).to_be_visible(timeout=TIMEOUT_MS)
         await expect(item).to_contain_text("convert_time")
         await assert_not_reloaded(page, url)
+        yield item, call
+
+
+async def test_a_reviewer_approves_a_held_call_and_the_agent_gets_the_result(
+    page: Page, snap: Snap, dashboard_gateway: Gateway
+) -> None:
+    progress: list[float] = []
+    async with shown_while_held(page, dashboard_gateway, progress) as (item, call):
         assert not call.done(), "the agent was answered before anyone decided"
         await snap(page, "approval-pending")
         # While it waits, the agent hears that its call is still pending
@@ -235,26 +244,9 @@ async def test_a_reviewer_approves_a_held_call_and_the_agent_gets_the_result(
 async def test_a_reviewer_denies_a_held_call_and_the_agent_gets_the_reason(
     page: Page, snap: Snap, dashboard_gateway: Gateway
 ) -> None:
-    gw = dashboard_gateway
     comment = "no time travel on Fridays"
-    await login_reviewer(page, "rita", "acme")
-    await open_live(page, "/dashboard/acme/approvals")
-    await expect(page.locator("#approvals")).to_be_visible(timeout=TIMEOUT_MS)
-    url = page.url
-    progress: list[float] = []
-    known = approval_ids(gw)
-
-    async with (
-        mcp_client(gw, gw.tokens["alice"], transport="ws") as client,
-        held_call(client, "time__convert_time", CONVERT, progress) as call,
-    ):
-        approval_id = await held_approval(gw, call, known)
-        item = page.locator(f'#approvals [data-approval-id="{approval_id}"]')
-        await expect(item).to_be_visible(timeout=TIMEOUT_MS)
-        await expect(item).to_contain_text("convert_time")
-        await assert_not_reloaded(page, url)
+    async with shown_while_held(page, dashboard_gateway, []) as (item, call):
         await snap(page, "approval-pending")
-
         await item.locator('textarea[name="comment"]').fill(comment)
         await item.locator('button[name="decision"][value="deny"]').click()
         with pytest.raises(MCPError) as refused:
