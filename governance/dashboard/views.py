@@ -148,11 +148,13 @@ def approvals(request: HttpRequest, access: Access) -> HttpResponse:
 @require_GET
 @tenant_page()
 def approvals_queue(request: HttpRequest, access: Access) -> HttpResponse:
-    """The queue alone, for htmx to refresh when the stream says approvals moved."""
+    """The queue alone, for htmx to refresh when the stream says approvals moved or a
+    decision was made here; the navigation bar's pending badge comes along (out of band)."""
     context = {
         "queue": approval_queue(tenant=access.tenant),
         "tenant": access.tenant,
         "slug": access.tenant.slug,
+        "refreshed": True,
     }
     return render(request, "dashboard/_approval_queue.html", context)
 

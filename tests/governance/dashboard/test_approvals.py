@@ -124,6 +124,9 @@ def test_queue_partial_lists_pending_and_closed(reviewer: Any, a: World) -> None
     assert f'<tr data-approval-id="{a.approval.id}"' in html
     assert html.count(f'data-approval-id="{a.approval.id}"') == 1
     assert f'id="comment-{second.id}" rows="2" maxlength="2000" hx-preserve="true"' in html
+    # The navigation bar's badge comes along, out of band: one request still pending.
+    assert 'id="pending-count"' in html
+    assert 'hx-swap-oob="true" title="1 waiting for a decision">1</span>' in html
 
 
 def test_pending_requests_are_newest_first(reviewer: Any, a: World) -> None:
