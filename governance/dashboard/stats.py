@@ -4,7 +4,8 @@ over the last hour and per 15 minutes over the last day.
 Calls are counted from ``outcome`` records (one per call). Latency percentiles are computed
 here, in Python, from every outcome's ``latency_us`` in the window: simple and exact, but it
 reads a day's latencies on each page view. Past some hundred thousand calls a day this wants
-a per-minute rollup table (or PostgreSQL's ``percentile_cont``) instead.
+a per-minute rollup table (or PostgreSQL's ``percentile_cont``) instead. Calls held for
+approval count as calls but not in the latency: their wait is a reviewer's, not the gateway's.
 """
 
 from __future__ import annotations
@@ -150,11 +151,13 @@ def overview(*, tenant: Tenant, now: datetime | None = None) -> Overview:
     )
     since = min(hour.start, day.start)
     records = AuditRecord.objects.filter(tenant=tenant, created_at__gte=since)
-    calls = list(
-        records.filter(kind=AuditRecord.Kind.OUTCOME).values_list(
-            "created_at", "outcome", "latency_us"
+    # A call held for approval waited for a person: its latency is not the gateway's.
+    calls = [
+        (t, o, None if decision == AuditRecord.Decision.REQUIRE_APPROVAL else latency)
+        for t, o, latency, decision in records.filter(kind=AuditRecord.Kind.OUTCOME).values_list(
+            "created_at", "outcome", "latency_us", "decision"
         )
-    )
+    ]
     # A call can be flagged by several records (intent, verdicts, outcome): count it once.
     hit_at: dict[object, datetime] = {}
     flagged = records.filter(Q(flagged=True) | Q(outcome=Outcome.BLOCKED)).order_by("seq")

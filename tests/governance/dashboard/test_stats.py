@@ -98,9 +98,11 @@ def test_chart_svg_draws_bars_lines_and_gaps() -> None:
 def test_overview_counts_the_tenants_calls(a: World, b: World, admin) -> None:
     call(a.tenant, a.agent, a.tool, latency_us=10_000)
     call(a.tenant, a.agent, a.tool, at=NOW.replace(year=2020))  # long ago: not counted
+    # A call held for approval for 5 minutes: a call, but a person's wait is not latency.
+    call(a.tenant, a.agent, a.tool, decision="require_approval", latency_us=300_000_000)
     approval_decide(approval=a.approval, user=admin, approve=False)
     stats = overview(tenant=a.tenant)
-    assert (stats.calls_hour, stats.calls_day, stats.denials_day) == (4, 4, 1)
+    assert (stats.calls_hour, stats.calls_day, stats.denials_day) == (5, 5, 1)
     assert (stats.hits_day, stats.blocked_day, stats.pending) == (1, 1, 0)
     assert stats.p50_hour == "2.0 ms"  # of 1.5, 2.0 and 10 ms
     assert stats.p99_hour == "10.0 ms"
@@ -112,7 +114,9 @@ def test_overview_counts_the_tenants_calls(a: World, b: World, admin) -> None:
         "Guardrail hits",
         "Latency",
     ]
-    assert sum(hour_charts[0].series[0].values) == 4
+    assert sum(hour_charts[0].series[0].values) == 5
+    latency = hour_charts[4].series
+    assert max(v for v in latency[1].values if v is not None) == 10.0  # p99: not the 5 min
     approvals = {s.name: s.total for s in day_charts[2].series}
     assert approvals == {"requested": 1, "approved": 0, "denied or expired": 1}
     assert {s.name: s.total for s in day_charts[3].series} == {
