@@ -132,11 +132,11 @@ class Gateway:
         )
         node = settings.GATEWAY_NODE or f"{socket.gethostname()}:{os.getpid()}"
         self.approvals = Approvals(self._in_db, node=node)
-        # Presence: connections per agent on this process, and agents seen since the last
-        # write of last_seen_at.
+        # Presence: connections per agent on this process, agents seen since their last write
+        # of last_seen_at, and when that was (monotonic).
         self._connected: dict[int, int] = {}
         self._seen: set[int] = set()
-        self._presence_written = 0.0
+        self._presence_written: dict[int, float] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -263,14 +263,20 @@ class Gateway:
         self._seen.add(ctx.agent_id)
 
     async def _presence_write(self) -> None:
-        """Every AGENT_PRESENCE_SECONDS: last_seen_at of each agent connected or seen since."""
-        now = time.monotonic()
-        if now - self._presence_written < settings.AGENT_PRESENCE_SECONDS:
+        """last_seen_at of each agent connected or seen: at once when first seen, then at most
+        every AGENT_PRESENCE_SECONDS (one UPDATE for all that are due)."""
+        now, every = time.monotonic(), settings.AGENT_PRESENCE_SECONDS
+        due = {
+            agent_id
+            for agent_id in self._seen | set(self._connected)
+            if now - self._presence_written.get(agent_id, -every) >= every
+        }
+        if not due:
             return
-        self._presence_written = now
-        agents, self._seen = self._seen | set(self._connected), set()
-        if agents:
-            await self._in_db(_last_seen_write, agent_ids=sorted(agents))
+        self._seen -= due
+        for agent_id in due:
+            self._presence_written[agent_id] = now
+        await self._in_db(_last_seen_write, agent_ids=sorted(due))
 
     # --- identity --------------------------------------------------------------------------
     def authenticate(self, token: str) -> AgentContext:
