@@ -38,9 +38,12 @@ async def main(url: str, token: str, mode: str, tool: str, arguments: dict) -> N
         if url.startswith("ws"):
             transport = websocket_client(url, headers)
         else:
-            http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers))
+            # No read timeout: a call held for approval waits as long as its reviewers take.
+            timeout = httpx2.Timeout(30.0, read=None)
+            http = await stack.enter_async_context(
+                httpx2.AsyncClient(headers=headers, timeout=timeout)
+            )
             transport = streamable_http_client(url, http_client=http)
-        # No read timeout: a call held for approval waits as long as its reviewers take.
         client = await stack.enter_async_context(Client(transport, mode=mode))
         print(f"connected: protocol {client.protocol_version}")
         tools = (await client.list_tools()).tools

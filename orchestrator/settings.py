@@ -219,8 +219,9 @@ UPSTREAM_WATCH_SECONDS = env_float("UPSTREAM_WATCH_SECONDS", 5.0, minimum=0.1)
 # again under the same name resolves the requests its former self left pending. Empty: the
 # host name and the port `manage.py serve` listens on.
 GATEWAY_NODE = env_str("GATEWAY_NODE", "")
-# While a call waits for approval, a client that asked for progress hears from it this often.
-APPROVAL_PROGRESS_SECONDS = env_float("APPROVAL_PROGRESS_SECONDS", 5.0, minimum=0.1)
+# While a call waits for approval, a client that asked for progress hears from it this often:
+# well inside common read timeouts (httpx's default is 5 s), so the wait keeps its stream alive.
+APPROVAL_PROGRESS_SECONDS = env_float("APPROVAL_PROGRESS_SECONDS", 2.0, minimum=0.1)
 # A holding gateway renews its requests' lease this often (a third of it); a request whose
 # lease lapses (its gateway died) is resolved as interrupted by the beat sweep.
 APPROVAL_LEASE_SECONDS = env_float("APPROVAL_LEASE_SECONDS", 30.0, minimum=1.0)

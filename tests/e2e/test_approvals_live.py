@@ -198,3 +198,21 @@ async def test_a_killed_gateway_resolves_what_it_held_when_it_starts_again(gw: G
     assert rows[-1]["actor"] == "gateway"
     assert "the gateway restarted while this call waited" in rows[-1]["reason"]
     assert gw.manage("audit_verify").returncode == 0
+
+
+async def test_progress_keeps_an_http_wait_alive_past_the_clients_read_timeout(gw: Gateway):
+    """httpx's default read timeout is 5 s: a longer wait survives on the progress events."""
+    async with mcp_client(gw, gw.tokens["alice"], transport="http") as client:
+        call = asyncio.ensure_future(
+            client.call_tool("time__convert_time", TOKYO, progress_callback=lambda *_: _none())
+        )
+        (request,) = await pending(gw)
+        await asyncio.sleep(6)
+        assert not call.done(), call
+        await decide(gw, request["id"], "approve", "after a while")
+        result = await asyncio.wait_for(call, 30)
+    assert not result.is_error
+
+
+async def _none() -> None:
+    return None

@@ -90,7 +90,9 @@ or in your own code:
   from mcp import Client
   from mcp.client.streamable_http import streamable_http_client
   async def main():
-      async with httpx2.AsyncClient(headers={{"Authorization": "Bearer {token}"}}) as http:
+      auth = {{"Authorization": "Bearer {token}"}}
+      # No read timeout: a call held for approval waits for its reviewer.
+      async with httpx2.AsyncClient(headers=auth, timeout=httpx2.Timeout(30, read=None)) as http:
           async with Client(streamable_http_client("{base}/mcp", http_client=http)) as client:
               print([t.name for t in (await client.list_tools()).tools])
               print(await client.call_tool("time__get_current_time", {{"timezone": "UTC"}}))
