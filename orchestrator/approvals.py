@@ -37,7 +37,8 @@ Progress = Callable[[float, float | None, str], Awaitable[None]]
 InDb = Callable[..., Awaitable[Any]]
 
 RESTARTED = "the gateway restarted while this call waited for approval; nothing was called"
-STOP_SECONDS = 5.0
+STOP_SECONDS = 5.0  # the most a shutdown waits for the calls in flight to be answered
+ANSWER_SECONDS = 0.1
 STOPPING = "the gateway stopped while this call waited for approval; nothing was called"
 
 
@@ -46,7 +47,7 @@ class Approvals:
         self._in_db = in_db
         self.node = node
         self._waiting: dict[uuid.UUID, asyncio.Future[ApprovalRequest]] = {}
-        self._holding = 0  # calls between their request and their answer
+        self._in_flight = 0  # governed calls not answered yet
         self._idle = asyncio.Event()
         self._idle.set()
         self._renewed = 0.0
@@ -98,15 +99,16 @@ class Approvals:
         return released
 
     @contextlib.asynccontextmanager
-    async def holding(self) -> Any:
-        """Around a held call, from its request to its answer: ``stop`` waits for these."""
-        self._holding += 1
+    async def in_flight(self) -> Any:
+        """Around each governed call: ``stop`` waits (boundedly) for these to be answered,
+        the held ones first of all."""
+        self._in_flight += 1
         self._idle.clear()
         try:
             yield
         finally:
-            self._holding -= 1
-            if not self._holding:
+            self._in_flight -= 1
+            if not self._in_flight:
                 self._idle.set()
 
     async def poll(self) -> None:
@@ -140,6 +142,8 @@ class Approvals:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_SECONDS):
                 await self._idle.wait()
+                # The transports write each answer just after its call returns.
+                await asyncio.sleep(ANSWER_SECONDS)
 
 
 async def _tell(

@@ -383,7 +383,7 @@ class Gateway:
                 | ({"limit": exc.limit.id} if limited else {}),
             ) from None
         try:
-            async with self.approvals.holding():
+            async with self.approvals.in_flight():  # a shutdown waits for its answer
                 return await self._governed(state, tool, pipeline, log, arguments, context)
         finally:
             await asyncio.shield(lease.release())  # a cancel must not keep the slot
