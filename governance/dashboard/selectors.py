@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from audit.models import AuditRecord, ChainHead
 from audit.selectors import AuditFilters, audit_call_story, audit_record_search
-from governance.engine.types import exposed_tool_name
+from governance.engine.types import exposed_tool_name, token_problem
 from governance.models import Agent, AgentToken, Alert, ApprovalRequest, Membership, Tenant, Tool
 from governance.selectors import approval_list, member_role, role_allows
 
@@ -316,11 +316,10 @@ class AgentRow:
 
 
 def token_state(token: AgentToken, now: datetime) -> str:
-    if token.revoked_at is not None:
-        return "revoked"
-    if token.expires_at is not None and token.expires_at <= now:
-        return "expired"
-    return "live"
+    """``live``, ``revoked`` or ``expired``: the gateway's own judgement of the token."""
+    revoked = token.revoked_at is not None
+    problem = token_problem(revoked=revoked, expires_at=token.expires_at, now=now)
+    return "live" if problem is None else problem.removeprefix("token ")
 
 
 def agent_rows(*, tenant: Tenant, now: datetime | None = None) -> list[AgentRow]:

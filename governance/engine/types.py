@@ -40,11 +40,16 @@ class TokenEntry:
 
     def problem(self, *, now: datetime) -> str | None:
         """Why this token may not be used now, or None when it may."""
-        if self.revoked:
-            return "token revoked"
-        if self.expires_at is not None and self.expires_at <= now:
-            return "token expired"
-        return None
+        return token_problem(revoked=self.revoked, expires_at=self.expires_at, now=now)
+
+
+def token_problem(*, revoked: bool, expires_at: datetime | None, now: datetime) -> str | None:
+    """Why a token may not be used at ``now`` (``token revoked``, ``token expired``), or None."""
+    if revoked:
+        return "token revoked"
+    if expires_at is not None and expires_at <= now:
+        return "token expired"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
