@@ -100,7 +100,7 @@ def audit_prune(*, tenant: Tenant, now: datetime | None = None) -> PruneResult:
             through = last.seq
     if pruned:
         with transaction.atomic():
-            admin_action_record(
+            action_record(
                 tenant=tenant,
                 actor="retention",
                 action="pruned",
@@ -120,31 +120,36 @@ def audit_prune_all() -> list[PruneResult]:
     return [audit_prune(tenant=tenant) for tenant in tenants]
 
 
-def admin_action_record(
+def action_record(
     *,
     tenant: Tenant | int,
     actor: str,
     action: str,
     subject: str,
     diff: dict[str, Any],
+    kind: str = AuditRecord.Kind.ADMIN,
+    call_id: uuid.UUID | None = None,
+    started_at: datetime | None = None,
+    **call: Any,
 ) -> AuditRecord:
     """Record in the chain that ``actor`` did ``action`` to ``subject`` (with the ``diff``:
-    ``{field: [before, after]}``). Call it inside the transaction of the change itself. Long
-    strings are clipped as a call's arguments are: an upstream's huge description included."""
+    ``{field: [before, after]}``). Call it inside the transaction of the change itself.
+
+    An ``admin`` record is an act of its own (its story is this one record). An ``approval``
+    record is a step of the call ``call_id``, which started at ``started_at``, and carries
+    that call's fields (``call``: agent, tool, decision, rule…). Long strings are clipped as a
+    call's arguments are: an upstream's huge description included."""
     now = timezone.now()
     record = AuditRecord(
-        call_id=uuid.uuid4(),  # an act of its own: its story is this one record
-        kind=AuditRecord.Kind.ADMIN,
+        **{"transport": "", "protocol_era": "", "tool": "", "decision": "", **call},
+        call_id=call_id or uuid.uuid4(),
+        kind=kind,
         tenant_id=tenant if isinstance(tenant, int) else tenant.id,
-        transport="",
-        protocol_era="",
-        tool="",
-        decision="",
         reason=action[:500],
         actor=actor[:150],
         subject=subject[:300],
         diff=Payload(diff).clipped(settings.AUDIT_MAX_STRING_CHARS),
-        started_at=now,
+        started_at=started_at or now,
         created_at=now,
     )
     chain_append([record])

@@ -18,15 +18,13 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from audit.chain import chain_append
 from audit.chainproof import canonical
 from audit.models import AuditRecord
-from governance.engine.guardrails.base import Payload
+from audit.services import action_record
 from governance.models import ApprovalRequest
 from governance.services.versions import GOVERNANCE_GROUP
 
@@ -61,31 +59,24 @@ def arguments_digest(arguments: Any) -> str:
 def _record(
     approval: ApprovalRequest, *, actor: str, before: str | None, extra: dict[str, Any]
 ) -> AuditRecord:
-    """The chain record of one step: ``diff`` is ``{"status": [before, after], …}``."""
-    now = timezone.now()
-    record = AuditRecord(
-        call_id=approval.call_id,
+    """The chain record of one step: ``diff`` is ``{"status": [before, after], …}``;
+    ``reason`` the rule's on the first step, then the reviewer's comment or the gateway's why."""
+    return action_record(
         kind=AuditRecord.Kind.APPROVAL,
-        tenant_id=approval.tenant_id,
+        tenant=approval.tenant_id,
+        actor=actor,
+        action=approval.comment if before is not None else approval.reason,
+        subject=f"approval {approval.id}",
+        diff={"status": [before, approval.status], **extra},
+        call_id=approval.call_id,
+        started_at=approval.created_at,
         agent_id=approval.agent_id,
         agent_name=approval.agent_name,
-        transport="",
-        protocol_era="",
         tool=approval.tool,
         decision=AuditRecord.Decision.REQUIRE_APPROVAL,
-        reason=(approval.comment if before is not None else approval.reason)[:500],
         rule_id=approval.rule_id,
         policy_version=approval.policy_version,
-        actor=actor[:150],
-        subject=f"approval {approval.id}",
-        diff=Payload({"status": [before, approval.status], **extra}).clipped(
-            settings.AUDIT_MAX_STRING_CHARS
-        ),
-        started_at=approval.created_at,
-        created_at=now,
     )
-    chain_append([record])
-    return record
 
 
 def approvals_nudge(*, tenant_id: int, approval_id: uuid.UUID) -> None:

@@ -21,7 +21,7 @@ from django.db.models import Model
 from django.db.models.deletion import Collector
 
 from audit.models import AuditRecord
-from audit.services import admin_action_record
+from audit.services import action_record
 from governance.engine.guardrails.base import Context, Payload, Stage
 from governance.engine.guardrails.secrets import Secrets
 from governance.models import (
@@ -169,7 +169,7 @@ def change_record(
     diff = snapshot_diff(before, object_snapshot(obj))
     if not diff:
         return None
-    return admin_action_record(
+    return action_record(
         tenant=tenant_id_of(obj), actor=actor, action=action, subject=object_subject(obj), diff=diff
     )
 
@@ -229,7 +229,7 @@ def removals_record(
 ) -> list[AuditRecord]:
     """Record the deletions ``removals_prepare`` listed, once they are done."""
     return [
-        admin_action_record(
+        action_record(
             tenant=removal.tenant_id,
             actor=actor,
             action=f"{action} with {removal.cascade_of}" if removal.cascade_of else action,

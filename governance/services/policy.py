@@ -18,7 +18,7 @@ from django.db import transaction
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic import ValidationError as SchemaError
 
-from audit.services import admin_action_record
+from audit.services import action_record
 from governance.engine.policy import PolicyError, rule_compile
 from governance.models import Agent, Role, Rule, Tenant
 from governance.selectors import rule_spec
@@ -277,7 +277,7 @@ def policy_import(
             tenant_version_bump(tenant_id=tenant.id)
             diff = objects_diff(before, _policy_state(tenant))
             if diff:
-                admin_action_record(
+                action_record(
                     tenant=tenant,
                     actor=actor,
                     action="imported",
