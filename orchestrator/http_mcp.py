@@ -69,6 +69,7 @@ from orchestrator.protocol.mcp import (
     list_changed_notification,
     progress_token,
 )
+from orchestrator.sse import event_stream
 
 UNAUTHORIZED = -32010
 SESSION_SALT = "orchestrator.mcp-session"
@@ -358,7 +359,7 @@ def _progress_stream(
                 _inflight.pop(key, None)
             task.cancel()
 
-    return _event_stream(events())
+    return event_stream(events())
 
 
 # --- server-initiated streams ----------------------------------------------------------------
@@ -408,7 +409,7 @@ def _session_stream(
             if _session_streams.get(session_id) is stream:
                 del _session_streams[session_id]
 
-    return _event_stream(events())
+    return event_stream(events())
 
 
 def _listen(request: HttpRequest, message: Request, session: McpSession) -> HttpResponse:
@@ -437,7 +438,7 @@ def _listen(request: HttpRequest, message: Request, session: McpSession) -> Http
             return _sse(subscription.closed())
         return _sse(error_response(subscription.id, UNAUTHORIZED, f"unauthorized: {exc}"))
 
-    return _event_stream(
+    return event_stream(
         _serve(
             session.gateway,
             session.ctx,
@@ -528,10 +529,3 @@ def _sse(
     data = json.dumps(message, ensure_ascii=False, separators=(",", ":")) if message else ""
     lines.append(f"data: {data}")
     return ("\n".join(lines) + "\n\n").encode()
-
-
-def _event_stream(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # proxies must not hold events back
-    return response

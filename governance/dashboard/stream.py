@@ -24,7 +24,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.views import redirect_to_login
-from django.http import Http404, HttpRequest, HttpResponseBase, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponseBase
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET
 
@@ -37,6 +37,7 @@ from governance.dashboard.selectors import (
 )
 from governance.models import Tenant
 from governance.selectors import member_role
+from orchestrator.sse import event_stream
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -137,7 +138,4 @@ async def stream(request: HttpRequest, slug: str) -> HttpResponseBase:
         after=_cursor(request, head),
         feed=request.GET.get("feed") == "1",
     )
-    response = StreamingHttpResponse(body, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # proxies must not hold events back
-    return response
+    return event_stream(body)
