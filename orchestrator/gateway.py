@@ -132,11 +132,14 @@ class Gateway:
         )
         node = settings.GATEWAY_NODE or f"{socket.gethostname()}:{os.getpid()}"
         self.approvals = Approvals(self._in_db, node=node)
-        # Presence: connections per agent on this process, agents seen since their last write
-        # of last_seen_at, and when that was (monotonic).
+        # Presence: connections per agent on this process; agents seen since the last round
+        # of last_seen_at writes, and when that was (monotonic); agents never written yet by
+        # this process (written at the next poll), and those that were.
         self._connected: dict[int, int] = {}
         self._seen: set[int] = set()
-        self._presence_written: dict[int, float] = {}
+        self._presence_written = 0.0
+        self._unwritten: set[int] = set()
+        self._written: set[int] = set()
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -260,23 +263,27 @@ class Gateway:
             self._connected[ctx.agent_id] = count
         else:
             self._connected.pop(ctx.agent_id, None)
-        self._seen.add(ctx.agent_id)
+        self._saw(ctx.agent_id)
+
+    def _saw(self, agent_id: int) -> None:
+        self._seen.add(agent_id)
+        if agent_id not in self._written:
+            self._unwritten.add(agent_id)
 
     async def _presence_write(self) -> None:
-        """last_seen_at of each agent connected or seen: at once when first seen, then at most
-        every AGENT_PRESENCE_SECONDS (one UPDATE for all that are due)."""
-        now, every = time.monotonic(), settings.AGENT_PRESENCE_SECONDS
-        due = {
-            agent_id
-            for agent_id in self._seen | set(self._connected)
-            if now - self._presence_written.get(agent_id, -every) >= every
-        }
-        if not due:
-            return
-        self._seen -= due
-        for agent_id in due:
-            self._presence_written[agent_id] = now
-        await self._in_db(_last_seen_write, agent_ids=sorted(due))
+        """Each poll: last_seen_at of the agents this process sees for the first time. Every
+        AGENT_PRESENCE_SECONDS: that of every agent connected or seen since the last round.
+        One UPDATE each time; a poll costs nothing per connected agent between rounds."""
+        now = time.monotonic()
+        if now - self._presence_written >= settings.AGENT_PRESENCE_SECONDS:
+            self._presence_written = now
+            due, self._seen = self._seen | self._connected.keys(), set()
+        else:
+            due = self._unwritten
+        self._unwritten = set()
+        if due:
+            self._written |= due
+            await self._in_db(_last_seen_write, agent_ids=sorted(due))
 
     # --- identity --------------------------------------------------------------------------
     def authenticate(self, token: str) -> AgentContext:
@@ -294,7 +301,7 @@ class Gateway:
             token_digest=digest,
         )
         self.check(ctx)
-        self._seen.add(ctx.agent_id)
+        self._saw(ctx.agent_id)
         return ctx
 
     def check(self, ctx: AgentContext, *, now: datetime | None = None) -> None:
