@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -211,11 +212,6 @@ def policy_explain(
 _ROLE_RANK = {Membership.Role.REVIEWER: 1, Membership.Role.ADMIN: 2}
 
 
-def role_allows(held: str, needed: str) -> bool:
-    """Whether a member with role ``held`` may do what needs ``needed`` (admin ⊇ reviewer)."""
-    return _ROLE_RANK[held] >= _ROLE_RANK[needed]
-
-
 def member_role(*, user: AbstractBaseUser | AnonymousUser, tenant: Tenant) -> str | None:
     """The user's role in the tenant (``reviewer`` or ``admin``), or None: no access at all.
     Superusers are admins of every tenant."""
@@ -225,6 +221,32 @@ def member_role(*, user: AbstractBaseUser | AnonymousUser, tenant: Tenant) -> st
         return Membership.Role.ADMIN
     role = Membership.objects.filter(user_id=user.pk, tenant=tenant).values_list("role", flat=True)
     return role.first()
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is looking at which tenant (the dashboard, the REST API), and in which role."""
+
+    tenant: Tenant
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Membership.Role.ADMIN
+
+    def allows(self, role: str) -> bool:
+        """Whether this role may do what needs ``role`` (admin includes reviewer)."""
+        return _ROLE_RANK[self.role] >= _ROLE_RANK[role]
+
+
+def tenant_access(*, user: AbstractBaseUser | AnonymousUser, slug: str) -> Access | None:
+    """The tenant named ``slug`` and the user's role in it; None when there is no such tenant
+    or the user is not a member (the two look alike to an outsider)."""
+    tenant = Tenant.objects.filter(slug=slug).first()
+    if tenant is None:
+        return None
+    role = member_role(user=user, tenant=tenant)
+    return None if role is None else Access(tenant=tenant, role=role)
 
 
 def member_tenants(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Tenant]:

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from governance.models import Membership, Tenant
-from governance.selectors import member_role, role_allows
+from governance.selectors import tenant_access
 
 
 class TenantAPIView(APIView):
@@ -32,11 +32,10 @@ class TenantAPIView(APIView):
     def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
         super().initial(request, *args, **kwargs)  # authentication and IsAuthenticated first
         slug = kwargs["slug"]
-        tenant = Tenant.objects.filter(slug=slug).first()
-        held = member_role(user=request.user, tenant=tenant) if tenant else None
-        if tenant is None or held is None:
+        access = tenant_access(user=request.user, slug=slug)
+        if access is None:
             raise NotFound(f"no tenant {slug!r}")
         needed = self.roles.get(request.method or "", self.role)
-        if not role_allows(held, needed):
+        if not access.allows(needed):
             raise PermissionDenied(f"this needs the {needed} role in tenant {slug!r}")
-        self.tenant = tenant
+        self.tenant = access.tenant

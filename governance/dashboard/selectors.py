@@ -14,15 +14,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from audit.models import AuditRecord, ChainHead
 from audit.selectors import AuditFilters, audit_call_story, audit_record_search
 from governance.engine.types import exposed_tool_name, token_problem
-from governance.models import Agent, AgentToken, Alert, ApprovalRequest, Membership, Tenant, Tool
-from governance.selectors import approval_list, member_role, role_allows
+from governance.models import Agent, AgentToken, Alert, ApprovalRequest, Tenant, Tool
+from governance.selectors import approval_list
 
 FEED_SIZE = 50  # calls on the feed page, and at most this many per pushed batch
 PAGE_SIZE = 50  # records per page of the audit explorer and the violations list
@@ -31,32 +30,6 @@ RECENT_DECISIONS = 20
 Outcome = AuditRecord.Outcome
 Kind = AuditRecord.Kind
 Pending = ApprovalRequest.Status.PENDING
-
-
-# --- access -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Access:
-    """Who is looking at which tenant, and in which role."""
-
-    tenant: Tenant
-    role: str
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == Membership.Role.ADMIN
-
-    def allows(self, role: str) -> bool:
-        return role_allows(self.role, role)
-
-
-def tenant_access(*, user: AbstractBaseUser | AnonymousUser, slug: str) -> Access | None:
-    """The tenant named ``slug`` and the user's role in it; None when there is no such tenant
-    or the user is not a member (the two look alike to an outsider)."""
-    tenant = Tenant.objects.filter(slug=slug).first()
-    if tenant is None:
-        return None
-    role = member_role(user=user, tenant=tenant)
-    return None if role is None else Access(tenant=tenant, role=role)
 
 
 # --- display helpers (pure) ---------------------------------------------------------------------

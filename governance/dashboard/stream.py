@@ -33,10 +33,9 @@ from governance.dashboard.selectors import (
     chain_head_seq,
     feed_list,
     pending_count,
-    tenant_access,
 )
 from governance.models import Tenant
-from governance.selectors import member_role
+from governance.selectors import member_role, tenant_access
 from orchestrator.sse import event_stream
 
 KEEPALIVE = b": keep-alive\n\n"

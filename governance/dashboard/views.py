@@ -27,7 +27,6 @@ from django.views.decorators.http import require_GET, require_POST
 from governance.dashboard.forms import FILTER_FIELDS, AuditFilterForm, DecisionForm
 from governance.dashboard.selectors import (
     PAGE_SIZE,
-    Access,
     ApprovalRow,
     agent_rows,
     alert_get,
@@ -41,12 +40,11 @@ from governance.dashboard.selectors import (
     guardrail_hits,
     pending_count,
     quarantined_tools,
-    tenant_access,
     token_get,
 )
 from governance.dashboard.stats import overview as overview_stats
 from governance.models import Membership
-from governance.selectors import approval_get, member_tenants
+from governance.selectors import Access, approval_get, member_tenants, tenant_access
 from governance.services.agents import token_revoke as token_revoke_service
 from governance.services.approvals import ApprovalError, approval_decide
 from governance.services.toolservers import alerts_resolve
