@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from audit.chain import chain_append, timestamp
@@ -154,3 +155,41 @@ def action_record(
     )
     chain_append([record])
     return record
+
+
+# What an outcome written for a dead gateway's intent does not copy from it.
+_NOT_COPIED = {"id", "seq", "prev_hash", "hash", "kind", "outcome", "error", "created_at"}
+_CALL_FIELDS = tuple(
+    f.attname for f in AuditRecord._meta.concrete_fields if f.attname not in _NOT_COPIED
+)
+
+
+def calls_interrupt(*, since: datetime, before: datetime, why: str) -> int:
+    """Record the outcome ``interrupted`` for every call whose intent was written in
+    [``since``, ``before``) and has no outcome: its gateway died before answering. Call it
+    inside a transaction that keeps a second recovery out (``nodes_recover`` locks the nodes).
+    Returns how many calls."""
+    answered = AuditRecord.objects.filter(
+        tenant_id=OuterRef("tenant_id"), call_id=OuterRef("call_id"), kind=AuditRecord.Kind.OUTCOME
+    )
+    intents = (
+        AuditRecord.objects.filter(
+            kind=AuditRecord.Kind.INTENT, created_at__gte=since, created_at__lt=before
+        )
+        .exclude(Exists(answered))
+        .order_by("id")
+        .values(*_CALL_FIELDS)
+    )
+    now = timezone.now()
+    records = [
+        AuditRecord(
+            **intent,
+            kind=AuditRecord.Kind.OUTCOME,
+            outcome=AuditRecord.Outcome.INTERRUPTED,
+            error=why,
+            created_at=now,
+        )
+        for intent in intents
+    ]
+    chain_append(records)
+    return len(records)

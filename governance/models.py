@@ -534,3 +534,25 @@ class ApprovalRequest(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status == self.Status.PENDING
+
+
+class GatewayNode(models.Model):
+    """One run of a gateway process, known by its heartbeat.
+
+    A call's intent is durable before it goes upstream; a process that dies leaves intents
+    without an outcome. They are found by time, so the trail needs no column for the node:
+    every call a process has not finished began at or after its ``calls_since``, so an
+    intent older than every live process's ``calls_since`` is held by none of them.
+    """
+
+    id = models.UUIDField(primary_key=True)  # one per process start
+    name = models.CharField(max_length=200)  # GATEWAY_NODE (by default host:port)
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField()  # its latest heartbeat
+    calls_since = models.DateTimeField()  # every call it has not finished began at or after
+    # When it was found dead (silent past NODE_LEASE_SECONDS, or replaced by a process of the
+    # same name); kept until the calls it left are all recorded as interrupted.
+    dead_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({'dead' if self.dead_at else 'live'})"

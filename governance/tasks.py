@@ -12,8 +12,10 @@ import threading
 
 from celery import shared_task
 from celery.signals import worker_process_init, worker_shutting_down
+from django.conf import settings
 
 from governance.services.approvals import approvals_interrupt
+from governance.services.nodes import nodes_recover
 from governance.services.slowchecks import (
     slow_check_run,
     slow_checks_preload,
@@ -43,6 +45,12 @@ def sweep_slow_checks(older_than_seconds: float = 30) -> int:
 def sweep_approvals() -> int:
     """Resolve requests whose gateway died and never came back (their lease lapsed)."""
     return len(approvals_interrupt())
+
+
+@shared_task(name="governance.sweep_nodes", ignore_result=True)
+def sweep_nodes() -> int:
+    """Record as interrupted the calls a dead gateway process left unanswered."""
+    return nodes_recover(lease_seconds=settings.NODE_LEASE_SECONDS)
 
 
 _shutting_down = threading.Event()

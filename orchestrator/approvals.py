@@ -37,8 +37,6 @@ Progress = Callable[[float, float | None, str], Awaitable[None]]
 InDb = Callable[..., Awaitable[Any]]
 
 RESTARTED = "the gateway restarted while this call waited for approval; nothing was called"
-STOP_SECONDS = 5.0  # the most a shutdown waits for the calls in flight to be answered
-ANSWER_SECONDS = 0.1
 STOPPING = "the gateway stopped while this call waited for approval; nothing was called"
 
 
@@ -47,9 +45,6 @@ class Approvals:
         self._in_db = in_db
         self.node = node
         self._waiting: dict[uuid.UUID, asyncio.Future[ApprovalRequest]] = {}
-        self._in_flight = 0  # governed calls not answered yet
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._renewed = 0.0
 
     async def start(self) -> None:
@@ -98,19 +93,6 @@ class Approvals:
         )
         return released
 
-    @contextlib.asynccontextmanager
-    async def in_flight(self) -> Any:
-        """Around each governed call: ``stop`` waits (boundedly) for these to be answered,
-        the held ones first of all."""
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
-
     async def poll(self) -> None:
         """Pick up decisions made anywhere; renew the lease of what this process holds."""
         if not self._waiting:
@@ -130,7 +112,7 @@ class Approvals:
 
     async def stop(self) -> None:
         """Shutting down: resolve every held request as interrupted, so each waiting call
-        gets a clear error, and give those answers up to STOP_SECONDS to go out."""
+        gets a clear error (the gateway's drain waits for those answers)."""
         for approval_id, future in list(self._waiting.items()):
             try:
                 closed = await self._close(approval_id, Status.INTERRUPTED, STOPPING)
@@ -139,11 +121,6 @@ class Approvals:
                 continue
             if not future.done():
                 future.set_result(closed)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(STOP_SECONDS):
-                await self._idle.wait()
-                # The transports write each answer just after its call returns.
-                await asyncio.sleep(ANSWER_SECONDS)
 
 
 async def _tell(

@@ -1,7 +1,8 @@
 """One consumer per connected agent: MCP JSON-RPC over WebSocket (subprotocol "mcp").
 
 Close codes (docs/api.md): 4401 — missing, unknown, expired or revoked token (also when it is
-revoked while connected); 1009 — a frame above the transport hard cap. A connection that does
+revoked while connected); 1009 — a frame above the transport hard cap; 1012 — the gateway
+restarts (every call of the connection was answered first): reconnect. A connection that does
 not offer the "mcp" subprotocol, or comes from a page of another origin, is refused at the
 handshake (HTTP 403).
 
@@ -22,7 +23,14 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from orchestrator.auth import bearer_token, header, origin_allowed
-from orchestrator.gateway import RATE_LIMITED_CODE, AgentContext, AuthError, Gateway, get_gateway
+from orchestrator.gateway import (
+    CLOSE_RESTARTING,
+    RATE_LIMITED_CODE,
+    AgentContext,
+    AuthError,
+    Gateway,
+    get_gateway,
+)
 from orchestrator.protocol.jsonrpc import (
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -43,10 +51,14 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL = "mcp"
 CLOSE_UNAUTHORIZED = 4401
+RESTARTING = "gateway restarting: reconnect"
 MAX_INFLIGHT_CALLS = 64  # tools/call running at once on one connection
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
+    # No channel layer per connection: the gateway's in-process listeners tell it of changes,
+    # so a Redis outage cannot end connections (a consumer's layer receive would raise).
+    channel_layer_alias = None
     gateway: Gateway
     ctx: AgentContext
     session: McpSession
@@ -55,12 +67,17 @@ class AgentConsumer(AsyncWebsocketConsumer):
         self.inflight: dict[RequestId, asyncio.Task[None]] = {}
         self.outbox: set[asyncio.Task[None]] = set()  # server-initiated sends under way
         self.unsubscribe = None
+        self.undrain = None
+        self.gone = asyncio.Event()
         offered = SUBPROTOCOL in self.scope.get("subprotocols", [])
         if not offered or not origin_allowed(header(self.scope["headers"], b"origin")):
             await self.close()  # before accept: the handshake is refused with HTTP 403
             return
         await self.accept(SUBPROTOCOL)
         self.gateway = await get_gateway()
+        if self.gateway.draining:
+            await self.close(code=CLOSE_RESTARTING, reason=RESTARTING)
+            return
         try:
             self.ctx = self.gateway.authenticate(bearer_token(self.scope["headers"]))
         except AuthError as exc:
@@ -68,9 +85,13 @@ class AgentConsumer(AsyncWebsocketConsumer):
             return
         self.session = McpSession(self.gateway, self.ctx, transport="ws", notify=self.send_json)
         self.unsubscribe = self.gateway.subscribe(self.ctx.tenant_id, self.governance_changed)
+        self.undrain = self.gateway.on_drain(self.restart)
         self.gateway.connected(self.ctx, +1)
 
     async def disconnect(self, code: int) -> None:
+        self.gone.set()
+        if self.undrain is not None:
+            self.undrain()
         if self.unsubscribe is not None:
             self.unsubscribe()
             self.unsubscribe = None
@@ -95,6 +116,18 @@ class AgentConsumer(AsyncWebsocketConsumer):
             task = asyncio.get_running_loop().create_task(self.send_all(due))
             self.outbox.add(task)
             task.add_done_callback(self.outbox.discard)
+
+    async def restart(self) -> None:
+        """The gateway drains: once this connection's calls are answered (the drain saw to
+        them), close it with 1012, and wait for the client to answer the close frame."""
+        if self.inflight:
+            await asyncio.wait(list(self.inflight.values()))
+        if self.unsubscribe is not None:
+            self.unsubscribe()
+            self.unsubscribe = None
+            self.gateway.connected(self.ctx, -1)
+        await self.close(code=CLOSE_RESTARTING, reason=RESTARTING)
+        await self.gone.wait()
 
     async def refuse(self, exc: AuthError) -> None:
         if self.unsubscribe is not None:

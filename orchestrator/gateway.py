@@ -6,7 +6,9 @@
 - the audit writer (group commit);
 - the calls it holds for approval (``orchestrator.approvals``);
 - ``call_tool``: the governed call — decide, record intent, (hold for approval,) call,
-  record outcome, reply.
+  record outcome, reply;
+- its calls in flight: a heartbeat tells the others how old the oldest is (so the calls of
+  a process that dies can be recovered), and ``drain`` lets them finish before a restart.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -43,6 +45,7 @@ from governance.engine.types import ServerSpec, TenantState, ToolEntry
 from governance.models import Agent, ApprovalRequest
 from governance.services.agents import token_digest
 from governance.services.approvals import ApprovalError, approval_request_create, arguments_digest
+from governance.services.nodes import node_beat, node_leave, node_start, nodes_recover
 from governance.services.slowchecks import SlowVerdict, slow_checks_submit, slow_checks_verdicts
 from governance.services.toolservers import tool_catalog_sync
 from governance.services.versions import GOVERNANCE_GROUP
@@ -52,7 +55,13 @@ from orchestrator.upstream.pool import UpstreamError, UpstreamPool, UpstreamRpcE
 
 logger = logging.getLogger(__name__)
 
-_GROUP_REJOIN_SECONDS = 600
+# The nudge listener re-joins its group this often (membership expires, and a Redis restart
+# forgets it) and, after a failure, retries after 1 s, doubling up to this.
+_GROUP_REJOIN_SECONDS = 30.0
+# A drain gives stragglers this long to record their outcome, and clients as long to answer
+# the close frames; then a moment for the last answers of HTTP requests to go out.
+_CLOSE_SECONDS = 2.0
+_ANSWER_SECONDS = 0.1
 
 PERMISSION_DENIED = -32001
 APPROVAL_REQUIRED = -32002
@@ -61,6 +70,17 @@ UPSTREAM_TIMEOUT = -32004
 TOOL_QUARANTINED = -32005
 GUARDRAIL_BLOCKED = -32006
 RATE_LIMITED_CODE = -32007
+GATEWAY_DRAINING = -32008
+DRAINING = (
+    "this gateway is restarting and takes no new calls; nothing was called: call again on a "
+    "new connection"
+)
+CALL_INTERRUPTED = -32009
+INTERRUPTED = (
+    "the gateway restarted before the call finished; the upstream may or may not have run "
+    "it: check before calling again"
+)
+CLOSE_RESTARTING = 1012  # WebSocket "service restart": reconnect, to another node if need be
 UNKNOWN_TOOL = -32602  # what the MCP spec prescribes for an unknown tool name
 
 
@@ -129,9 +149,19 @@ class Gateway:
             backoff_initial=settings.UPSTREAM_BACKOFF_INITIAL,
             backoff_max=settings.UPSTREAM_BACKOFF_MAX,
             watch_seconds=settings.UPSTREAM_WATCH_SECONDS,
+            breaker_failures=settings.UPSTREAM_BREAKER_FAILURES,
+            breaker_reset_seconds=settings.UPSTREAM_BREAKER_RESET_SECONDS,
         )
-        node = settings.GATEWAY_NODE or f"{socket.gethostname()}:{os.getpid()}"
-        self.approvals = Approvals(self._in_db, node=node)
+        self.node = settings.GATEWAY_NODE or f"{socket.gethostname()}:{os.getpid()}"
+        self.boot = uuid.uuid4()  # this process's run of the node
+        self.approvals = Approvals(self._in_db, node=self.node)
+        # Calls not answered yet: when each began, and its task (a drain cancels stragglers).
+        self._calls: dict[uuid.UUID, tuple[datetime, asyncio.Task[Any] | None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._beaten = 0.0
+        self.draining = False
+        self._restarts: set[Callable[[], Awaitable[None]]] = set()  # open WebSockets' close
         # Presence: connections per agent on this process; agents seen since the last round
         # of last_seen_at writes, and when that was (monotonic); agents never written yet by
         # this process (written at the next poll), and those that were.
@@ -143,11 +173,37 @@ class Gateway:
 
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        await self._in_db(node_start, id=self.boot, name=self.node)
+        recovered = await self._in_db(nodes_recover, lease_seconds=settings.NODE_LEASE_SECONDS)
+        if recovered:
+            logger.warning("recorded %d call(s) left by a dead gateway as interrupted", recovered)
         await self.refresh()
         await self.approvals.start()
         loop = asyncio.get_running_loop()
         self._poller = loop.create_task(self._poll(), name="governance-poll")
         self._listener = loop.create_task(self._listen(), name="governance-nudge")
+
+    async def drain(self, *, seconds: float) -> None:
+        """Before a restart: take no new calls; let those in flight finish, up to ``seconds``
+        (held calls are interrupted at once: a reviewer may take minutes); cancel the rest
+        (recorded interrupted); then close every WebSocket with 1012 once its answers are out.
+        """
+        self.draining = True
+        await self.approvals.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        late = [task for _, task in self._calls.values() if task is not None]
+        for task in late:
+            task.cancel()
+        if late:
+            logger.warning("drain: %d call(s) still running were interrupted", len(late))
+            await asyncio.wait(late, timeout=_CLOSE_SECONDS)
+        # Each returns once its client answered the close frame (or gave up on it).
+        restarts = [asyncio.ensure_future(restart()) for restart in list(self._restarts)]
+        if restarts:
+            await asyncio.wait(restarts, timeout=_CLOSE_SECONDS)
+        await asyncio.sleep(_ANSWER_SECONDS)  # the last HTTP answers go out
 
     async def close(self) -> None:
         await self.approvals.stop()  # held calls answer with a clear error first
@@ -157,6 +213,9 @@ class Gateway:
         await self.audit.flush()
         await self.upstreams.close()
         await self.limiter.close()
+        if not self._calls:  # every call has its outcome: nothing for a recovery to find
+            with contextlib.suppress(Exception):
+                await self._in_db(node_leave, id=self.boot)
 
     async def _in_db(self, fn: Callable[..., Any], /, **kwargs: Any) -> Any:
         def run() -> Any:
@@ -181,8 +240,9 @@ class Gateway:
             try:
                 await self.approvals.poll()
                 await self._presence_write()
+                await self._heartbeat()
             except Exception:
-                logger.exception("approval or presence poll failed; the next poll retries")
+                logger.exception("approval, presence or heartbeat failed; the next poll retries")
             now = time.time()
             for tenant_id, state in list(self._states.items()):
                 if state.policy.window_edge_between(last, now):
@@ -195,12 +255,12 @@ class Gateway:
         layer = get_channel_layer()
         if layer is None:
             return
-        channel = ""
+        channel, retry = "", 1.0
         while True:
             try:
                 channel = channel or await layer.new_channel()
-                # Re-joined now and then: channel-layer group membership expires.
                 await layer.group_add(GOVERNANCE_GROUP, channel)
+                retry = 1.0
                 async with asyncio.timeout(_GROUP_REJOIN_SECONDS):
                     while True:
                         message = await layer.receive(channel)
@@ -213,9 +273,10 @@ class Gateway:
                             logger.exception("governance refresh failed; the poll retries it")
             except TimeoutError:
                 continue
-            except Exception:
-                logger.warning("governance nudges unavailable; polling only", exc_info=True)
-                await asyncio.sleep(_GROUP_REJOIN_SECONDS)
+            except Exception as exc:
+                logger.warning("governance nudges unavailable (%r); polling only for now", exc)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _GROUP_REJOIN_SECONDS)
 
     async def refresh(self) -> None:
         """Reload every tenant whose persisted version moved, then tell its connections."""
@@ -254,6 +315,34 @@ class Gateway:
     def _notify(self, tenant_id: int) -> None:
         for listener in list(self._listeners.get(tenant_id, ())):
             listener()
+
+    # --- calls in flight ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _open(self, log: CallLog) -> Iterator[None]:
+        """Around a call from its first record to its last: the heartbeat reports the oldest,
+        and a drain waits for them."""
+        self._calls[log.call_id] = (log.fields["started_at"], asyncio.current_task())
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            del self._calls[log.call_id]
+            if not self._calls:
+                self._idle.set()
+
+    async def _heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._beaten < settings.NODE_HEARTBEAT_SECONDS:
+            return
+        self._beaten = now
+        # Taken before the write: a call that starts meanwhile starts after it.
+        since = min((started for started, _ in self._calls.values()), default=timezone.now())
+        await self._in_db(node_beat, id=self.boot, name=self.node, calls_since=since)
+
+    def on_drain(self, restart: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+        """A WebSocket's way to be closed (1012) by the drain; returns its unregistration."""
+        self._restarts.add(restart)
+        return lambda: self._restarts.discard(restart)
 
     # --- presence --------------------------------------------------------------------------
     def connected(self, ctx: AgentContext, change: int) -> None:
@@ -341,8 +430,10 @@ class Gateway:
         Decide, count against rate limits, inspect the arguments, record the intent (durable
         before the upstream is called), run slow input checks, call, inspect the result,
         record the outcome (durable before this returns). A cancelled call still gets its
-        outcome record.
+        outcome record. A draining gateway refuses the call before anything is recorded.
         """
+        if self.draining:
+            raise CallError(GATEWAY_DRAINING, DRAINING, {"tool": name, "retryAfterSeconds": 0})
         state = self._states[ctx.tenant_id]
         tool = state.tools.get(name)
         policy = state.policy.for_agent(ctx.agent_id)
@@ -353,6 +444,19 @@ class Gateway:
         else:
             decision = Decision(Effect.DENY, "unknown tool")
         log = CallLog(ctx, meta, state, name, arguments, decision)
+        with self._open(log):
+            return await self._decided(state, name, tool, policy, log, arguments)
+
+    async def _decided(
+        self,
+        state: TenantState,
+        name: str,
+        tool: ToolEntry | None,
+        policy: AgentPolicy,
+        log: CallLog,
+        arguments: dict[str, Any],
+    ) -> dict[str, Any]:
+        ctx, decision = log.ctx, log.decision
         # Only names from the catalog are cached: an agent inventing names must not grow it.
         pipeline = state.guardrails.for_call(ctx.agent_id, name, cache=tool is not None)
         context = Context(Stage.INPUT, name, tool.input_schema if tool else None)
@@ -390,8 +494,7 @@ class Gateway:
                 | ({"limit": exc.limit.id} if limited else {}),
             ) from None
         try:
-            async with self.approvals.in_flight():  # a shutdown waits for its answer
-                return await self._governed(state, tool, pipeline, log, arguments, context)
+            return await self._governed(state, tool, pipeline, log, arguments, context)
         finally:
             await asyncio.shield(lease.release())  # a cancel must not keep the slot
 
@@ -449,9 +552,20 @@ class Gateway:
             await self.audit.write(log.outcome(exc.outcome, error=error))
             raise _call_error(exc, tool) from None
         except asyncio.CancelledError:
+            if not self.draining:  # the agent cancelled, or left: no answer is due
+                outcome = log.outcome(AuditRecord.Outcome.CANCELLED)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.audit.write(outcome))
+                raise
+            # The drain ran out of time for it: the agent is told, since its connection is
+            # about to close as if every call had been answered.
+            outcome = log.outcome(AuditRecord.Outcome.INTERRUPTED, error=INTERRUPTED)
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.audit.write(log.outcome(AuditRecord.Outcome.CANCELLED)))
-            raise
+                await asyncio.shield(self.audit.write(outcome))
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            raise CallError(CALL_INTERRUPTED, INTERRUPTED, {"tool": name}) from None
         if blocked:
             # The digest of what was withheld proves what the upstream said, revealing nothing.
             await self.audit.write(log.outcome(AuditRecord.Outcome.BLOCKED, result=result))
@@ -758,9 +872,11 @@ async def get_gateway() -> Gateway:
     return gateway
 
 
-async def gateway_shutdown() -> None:
-    """Close the process's gateway: audit flushed, upstream sessions ended."""
+async def gateway_shutdown(*, drain_seconds: float = 0.0) -> None:
+    """Drain the process's gateway (``Gateway.drain``), then close it: audit flushed,
+    upstream sessions ended, its node row gone."""
     global _gateway, _gateway_loop, _starting
     gateway, _gateway, _gateway_loop, _starting = _gateway, None, None, None
     if gateway is not None:
+        await gateway.drain(seconds=drain_seconds)
         await gateway.close()

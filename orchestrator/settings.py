@@ -91,9 +91,13 @@ def _database(url: str) -> dict[str, object]:
         "PASSWORD": unquote(parts.password or ""),
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
+        # Django's psycopg 3 pool: each process keeps up to this many connections open and
+        # lends them out per request or task, instead of connecting each time.
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": DATABASE_POOL_SIZE, "timeout": 10}},
     }
 
 
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10, minimum=1)
 DATABASES = {"default": _database(env_str("DATABASE_URL", ""))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -159,6 +163,8 @@ SLOW_CHECK_SWEEP_SECONDS = env_float("SLOW_CHECK_SWEEP_SECONDS", 15.0, minimum=1
 AUDIT_CHECKPOINT_SECONDS = env_float("AUDIT_CHECKPOINT_SECONDS", 60.0, minimum=1.0)
 # Retention pruning (tenants with an audit retention period), this often.
 AUDIT_PRUNE_SECONDS = env_float("AUDIT_PRUNE_SECONDS", 3600.0, minimum=1.0)
+# How often calls left unanswered by a dead gateway process are looked for (NODE_LEASE_SECONDS).
+NODE_SWEEP_SECONDS = env_float("NODE_SWEEP_SECONDS", 10.0, minimum=0.5)
 CELERY_BEAT_SCHEDULE = {
     "sweep-slow-checks": {
         "task": "governance.sweep_slow_checks",
@@ -168,6 +174,7 @@ CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {"task": "audit.checkpoint", "schedule": AUDIT_CHECKPOINT_SECONDS},
     "audit-prune": {"task": "audit.prune", "schedule": AUDIT_PRUNE_SECONDS},
     "sweep-approvals": {"task": "governance.sweep_approvals", "schedule": 15.0},
+    "sweep-nodes": {"task": "governance.sweep_nodes", "schedule": NODE_SWEEP_SECONDS},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 
@@ -213,6 +220,20 @@ UPSTREAM_BACKOFF_MAX = env_float("UPSTREAM_BACKOFF_MAX", 10.0, minimum=0.0)
 # How often an idle upstream session is re-listed: its liveness check, and the watch for tools
 # that change mid-session.
 UPSTREAM_WATCH_SECONDS = env_float("UPSTREAM_WATCH_SECONDS", 5.0, minimum=0.1)
+# Circuit breaker per upstream: this many calls in a row that time out or find it down open
+# the breaker; calls then fail at once, until one trial call after UPSTREAM_BREAKER_RESET_SECONDS
+# succeeds (closed again) or fails (open again).
+UPSTREAM_BREAKER_FAILURES = env_int("UPSTREAM_BREAKER_FAILURES", 3, minimum=1)
+UPSTREAM_BREAKER_RESET_SECONDS = env_float("UPSTREAM_BREAKER_RESET_SECONDS", 5.0, minimum=0.05)
+
+# --- scale-out and restarts -----------------------------------------------------------------
+# On SIGTERM a gateway stops listening, refuses new calls, and waits up to this long for the
+# calls in flight to be answered before it closes its WebSockets (1012) and exits.
+DRAIN_SECONDS = env_float("DRAIN_SECONDS", 10.0, minimum=0.0)
+# Each gateway process writes a heartbeat this often (its node row); a node silent for
+# NODE_LEASE_SECONDS is dead, and the calls it left unanswered are recorded as interrupted.
+NODE_HEARTBEAT_SECONDS = env_float("NODE_HEARTBEAT_SECONDS", 2.0, minimum=0.05)
+NODE_LEASE_SECONDS = env_float("NODE_LEASE_SECONDS", 30.0, minimum=0.1)
 
 # --- approvals ------------------------------------------------------------------------------
 # This gateway process's name, kept on the approval requests it holds. A process that starts

@@ -2,8 +2,17 @@
 
 Each ``Upstream`` owns a task that enters the SDK ``Client`` (anyio needs enter and exit in one
 task), keeps it while it lives, and reconnects with exponential backoff when it dies. Calls
-from any number of agents are multiplexed over that one session. While the upstream is down
-after a failed reconnect, calls fail at once instead of queueing (a minimal circuit breaker).
+from any number of agents are multiplexed over that one session.
+
+Each upstream has a circuit breaker (``Breaker``). A call fails when it times out or finds the
+upstream down (the session closed under it, or the latest reconnect failed: such a call fails
+at once instead of waiting out its deadline). After ``breaker_failures`` failed calls in a row
+the breaker opens: calls fail at once (``UpstreamCircuitOpen``, an ``UpstreamDown``) without
+touching the upstream, so a hung server costs agents nothing more than the calls that found
+out. After ``breaker_reset_seconds`` exactly one trial call goes through; its success closes
+the breaker, its failure opens it again. An answer of any kind (a result, isError, a JSON-RPC
+error) closes it. When timeouts open it the session is probably wedged: it is dropped, so the
+upstream is reconnected (a stdio server process is stopped and started again).
 """
 
 from __future__ import annotations
@@ -11,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
 from mcp import Client
@@ -37,6 +48,10 @@ class UpstreamError(Exception):
 
 class UpstreamDown(UpstreamError):
     outcome = "upstream_down"
+
+
+class UpstreamCircuitOpen(UpstreamDown):
+    """Refused at once: the upstream's breaker is open."""
 
 
 class UpstreamTimeout(UpstreamError):
@@ -83,6 +98,71 @@ async def discover_tools(spec: ServerSpec, *, deadline: float) -> list[dict[str,
         return await upstream_list_tools(client)
 
 
+Admission = Literal["call", "trial"]
+
+
+class Breaker:
+    """Closed: calls go. Open, after ``failures`` failed calls in a row: calls are refused.
+    Half-open, ``reset_seconds`` after it opened: one trial call goes, the others are still
+    refused; the trial's success closes the breaker, its failure opens it again. Any success
+    closes it (the upstream answers); a call that ends without a verdict (cancelled) counts
+    for nothing, and if it was the trial, the next call becomes the trial."""
+
+    def __init__(
+        self,
+        *,
+        failures: int,
+        reset_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failures = failures
+        self.reset_seconds = reset_seconds
+        self._clock = clock
+        self.in_a_row = 0  # failed calls since the last success
+        self._opened_at: float | None = None
+        self._trial = False  # the trial call is under way
+
+    @property
+    def state(self) -> Literal["closed", "open", "half_open"]:
+        if self._opened_at is None:
+            return "closed"
+        return "half_open" if self._trial or self.retry_in() == 0 else "open"
+
+    def retry_in(self) -> float:
+        """Seconds until a trial call may go (0 when it may go now, or is under way)."""
+        if self._opened_at is None:
+            return 0.0
+        return max(0.0, self._opened_at + self.reset_seconds - self._clock())
+
+    def admit(self) -> Admission | None:
+        """Let a call go, as an ordinary call or as the trial, or refuse it (None)."""
+        if self._opened_at is None:
+            return "call"
+        if self._trial or self.retry_in() > 0:
+            return None
+        self._trial = True
+        return "trial"
+
+    def settle(
+        self, admission: Admission, *, ok: bool | None
+    ) -> Literal["opened", "closed"] | None:
+        """How an admitted call ended: ``ok`` if the upstream answered, False if the call timed
+        out or found it down, None if it ended otherwise. Returns the change it made."""
+        if admission == "trial":
+            self._trial = False
+        if ok is None:
+            return None
+        if ok:
+            was_open = self._opened_at is not None
+            self.in_a_row, self._opened_at = 0, None
+            return "closed" if was_open else None
+        self.in_a_row += 1
+        if admission == "trial" or (self._opened_at is None and self.in_a_row >= self.failures):
+            self._opened_at = self._clock()
+            return "opened"
+        return None
+
+
 class Upstream:
     def __init__(
         self,
@@ -92,8 +172,10 @@ class Upstream:
         backoff_initial: float,
         backoff_max: float,
         watch_seconds: float,
+        breaker: Breaker,
     ) -> None:
         self.spec = spec
+        self.breaker = breaker
         self._watch_seconds = watch_seconds
         self._on_catalog = on_catalog
         self._backoff_initial = backoff_initial
@@ -103,7 +185,7 @@ class Upstream:
         self._dead = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.last_error = ""
-        self.failing = False  # the latest connection attempt failed: fail calls fast
+        self.failing = False  # the latest connection attempt failed: calls find it down at once
         self.connects = 0
 
     def start(self) -> None:
@@ -120,7 +202,42 @@ class Upstream:
     async def call_tool(
         self, name: str, arguments: dict[str, Any], *, deadline: float
     ) -> dict[str, Any]:
-        """The upstream's CallToolResult as a JSON dict, or an UpstreamError."""
+        """The upstream's CallToolResult as a JSON dict, or an UpstreamError; through the
+        breaker, which refuses the call at once while it is open."""
+        breaker = self.breaker
+        admission = breaker.admit()
+        if admission is None:
+            retry_in = breaker.retry_in()
+            until = f"in {math.ceil(retry_in * 10) / 10:.1f} s" if retry_in else "now under way"
+            raise UpstreamCircuitOpen(
+                f"upstream {self.spec.name!r} is failing ({breaker.in_a_row} calls in a row "
+                f"timed out or found it down); calls fail fast until a trial call {until} "
+                "succeeds"
+            )
+        try:
+            result = await self._call(name, arguments, deadline=deadline)
+        except UpstreamError as exc:
+            if breaker.settle(admission, ok=isinstance(exc, UpstreamRpcError)) == "opened":
+                logger.warning(
+                    "upstream %s: breaker open after %d failed calls in a row (%s); trial in %g s",
+                    self.spec.name,
+                    breaker.in_a_row,
+                    exc,
+                    breaker.reset_seconds,
+                )
+                if isinstance(exc, UpstreamTimeout):
+                    self._dead.set()  # a wedged session: reconnect
+            raise
+        except BaseException:
+            breaker.settle(admission, ok=None)
+            raise
+        if breaker.settle(admission, ok=True) == "closed":
+            logger.info("upstream %s: breaker closed", self.spec.name)
+        return result
+
+    async def _call(
+        self, name: str, arguments: dict[str, Any], *, deadline: float
+    ) -> dict[str, Any]:
         try:
             async with asyncio.timeout(deadline):
                 client = await self._connected()
@@ -160,7 +277,10 @@ class Upstream:
                         "upstream %s connected (%s)", self.spec.name, client.protocol_version
                     )
                     await self._watch(client, tools)
-                    self.last_error = "connection closed"
+                    # Closing can take a while (a stdio server's grace period, an HTTP DELETE
+                    # to a hung server): no call waits on this session meanwhile.
+                    self._client, self.last_error = None, "connection closed"
+                    self._ready.clear()
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
@@ -215,10 +335,13 @@ class UpstreamPool:
         backoff_initial: float,
         backoff_max: float,
         watch_seconds: float,
+        breaker_failures: int,
+        breaker_reset_seconds: float,
     ) -> None:
         self._on_catalog = on_catalog
         self._backoff = (backoff_initial, backoff_max)
         self._watch_seconds = watch_seconds
+        self._breaker = (breaker_failures, breaker_reset_seconds)
         self._upstreams: dict[int, Upstream] = {}
 
     def get(self, spec: ServerSpec) -> Upstream:
@@ -232,6 +355,7 @@ class UpstreamPool:
                 backoff_initial=self._backoff[0],
                 backoff_max=self._backoff[1],
                 watch_seconds=self._watch_seconds,
+                breaker=Breaker(failures=self._breaker[0], reset_seconds=self._breaker[1]),
             )
             upstream.start()
             self._upstreams[spec.id] = upstream

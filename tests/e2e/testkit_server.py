@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import sys
 from pathlib import Path
 
 from mcp.server.mcpserver import MCPServer
@@ -75,5 +77,22 @@ if DESCRIPTIONS:
     server.add_tool(redescribe, description="Give the tool `name` a new description, from now on.")
 
 
+async def serve_http() -> None:
+    """Streamable HTTP on a free loopback port, announced on stdout: an upstream that a test
+    can stop, continue or kill by its own process id, which no gateway restarts."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = server.streamable_http_app()
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    print(f"testkit listening on http://127.0.0.1:{sock.getsockname()[1]}/mcp", flush=True)
+    sys.stdout.close()  # nothing more to say: a test need not drain the pipe
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
 if __name__ == "__main__":
-    asyncio.run(server.run_stdio_async())
+    if "--http" in sys.argv[1:]:
+        asyncio.run(serve_http())
+    else:
+        asyncio.run(server.run_stdio_async())

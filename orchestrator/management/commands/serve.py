@@ -1,4 +1,5 @@
-"""Run the gateway (Daphne) on HOST:PORT with the WebSocket limits from settings."""
+"""Run the gateway (Daphne) on HOST:PORT with the WebSocket limits from settings; on SIGTERM
+it drains before it exits (``daphne_fixes.DrainingServer``)."""
 
 from __future__ import annotations
 
@@ -30,11 +31,9 @@ class Command(BaseCommand):
         # Imported here: daphne.server installs the asyncio Twisted reactor on import.
         from channels.routing import get_default_application
         from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
-        from twisted.internet import defer, reactor
 
         from orchestrator import daphne_fixes
-        from orchestrator.gateway import gateway_shutdown, get_gateway
+        from orchestrator.gateway import get_gateway
 
         daphne_fixes.install()
 
@@ -54,13 +53,7 @@ class Command(BaseCommand):
                 )
             self.stdout.flush()
 
-        def shutting_down() -> defer.Deferred[None]:
-            # On SIGTERM/SIGINT, before Twisted drops the connections: calls held for approval
-            # are answered with a clear error, and the audit writer is flushed.
-            return defer.Deferred.fromFuture(asyncio.ensure_future(gateway_shutdown()))
-
-        reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
-        server = Server(
+        server = daphne_fixes.DrainingServer(
             application=get_default_application(),
             endpoints=build_endpoint_description_strings(host=host, port=port),
             websocket_max_message_size=settings.WS_MAX_FRAME_BYTES,
