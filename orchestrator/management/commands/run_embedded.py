@@ -3,7 +3,9 @@ small supervisor that restarts a child that dies. Ctrl-C stops everything."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +19,14 @@ from django.core.management.base import BaseCommand
 
 from orchestrator.management.commands.demo_setup import HELD_TOOL, credentials_path
 
-RESTART_DELAY = 0.5  # seconds between a child's death and its restart
+# The supervisor, in seconds. A child that dies is started again RESTART_DELAY later; one that
+# keeps dying within STABLE_AFTER of its start waits twice as long each time, up to
+# RESTART_DELAY_MAX. On stop, children have STOP_GRACE to exit, more if the gateway may drain
+# its calls in flight for longer (DRAIN_SECONDS), before what is left of them is killed.
+RESTART_DELAY = 0.5
+RESTART_DELAY_MAX = 5.0
+STABLE_AFTER = 10.0
+STOP_GRACE = 20.0
 
 
 class Command(BaseCommand):
@@ -109,12 +118,17 @@ Stop with Ctrl-C.
 
 
 class Supervisor:
-    """Keeps each child running: a child that exits is started again after RESTART_DELAY."""
+    """Keeps each child running, each in a process group of its own: when one dies, what is
+    left of its group (a killed Celery worker's pool and beat) is killed, and the child is
+    started again after its delay (see RESTART_DELAY). stop() ends them all."""
 
     def __init__(self, commands: dict[str, list[str]], *, log) -> None:
         self.commands = commands
         self.log = log
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.started: dict[str, float] = {}
+        self.delays = dict.fromkeys(commands, RESTART_DELAY)
+        self.restart_at: dict[str, float] = {}  # children waiting out their delay
         self.stopping = False
 
     def start(self) -> None:
@@ -122,26 +136,49 @@ class Supervisor:
             self._spawn(name)
 
     def _spawn(self, name: str) -> None:
-        self.processes[name] = subprocess.Popen(self.commands[name])
+        # A session of its own: Ctrl-C reaches it only through stop(), and its group can be
+        # killed whole.
+        self.processes[name] = subprocess.Popen(self.commands[name], start_new_session=True)
+        self.started[name] = time.monotonic()
         self.log(f"[supervisor] started {name} (pid {self.processes[name].pid})")
 
     def watch(self) -> None:
         while not self.stopping:
+            now = time.monotonic()
             for name, process in list(self.processes.items()):
-                code = process.poll()
-                if code is not None and not self.stopping:
+                if name in self.restart_at:
+                    if now >= self.restart_at[name]:
+                        del self.restart_at[name]
+                        self._spawn(name)
+                elif (code := process.poll()) is not None:
                     self.log(f"[supervisor] {name} exited with {code}; restarting")
-                    time.sleep(RESTART_DELAY)
-                    self._spawn(name)
+                    _kill_group(process.pid)
+                    if now - self.started[name] >= STABLE_AFTER:
+                        self.delays[name] = RESTART_DELAY
+                    self.restart_at[name] = now + self.delays[name]
+                    self.delays[name] = min(2 * self.delays[name], RESTART_DELAY_MAX)
             time.sleep(0.1)
+        self._stop_children()
+
+    def _stop_children(self) -> None:
+        # SIGTERM to each child only, not its group: the child stops its own children (Celery's
+        # warm shutdown lets its pool finish the tasks in hand); the rest is killed after.
+        running = [process for process in self.processes.values() if process.poll() is None]
+        for process in running:
+            process.terminate()
+        deadline = time.monotonic() + max(STOP_GRACE, settings.DRAIN_SECONDS + 5)
+        for process in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
         for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _kill_group(process.pid)  # stragglers, and anything a child left behind
+            process.wait()
 
     def stop(self) -> None:
         self.stopping = True
+
+
+def _kill_group(pgid: int) -> None:
+    # PermissionError: macOS answers so for a group of zombies.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
