@@ -10,6 +10,7 @@ contention between our own threads (DESIGN.md §5: one write per call caps a pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,6 +51,15 @@ class AuditWriter:
         """Wait until everything written so far is durable."""
         if self._unfinished:
             await asyncio.gather(*self._unfinished, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Flush, then stop the writer's task."""
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     async def _run(self) -> None:
         assert self._wakeup is not None

@@ -210,7 +210,7 @@ class Gateway:
         for task in (self._poller, self._listener):
             if task is not None:
                 task.cancel()
-        await self.audit.flush()
+        await self.audit.close()
         await self.upstreams.close()
         await self.limiter.close()
         if not self._calls:  # every call has its outcome: nothing for a recovery to find
@@ -260,6 +260,9 @@ class Gateway:
             try:
                 channel = channel or await layer.new_channel()
                 await layer.group_add(GOVERNANCE_GROUP, channel)
+                if retry > 1.0:  # back after a failure: catch up on the nudges it missed
+                    await self.refresh()
+                    await self.approvals.poll()
                 retry = 1.0
                 async with asyncio.timeout(_GROUP_REJOIN_SECONDS):
                     while True:

@@ -135,8 +135,12 @@ CELERY_RESULT_BACKEND = env_str(
     "CELERY_RESULT_BACKEND", REDIS_URL or f"file://{DATA_DIR / 'celery-results'}"
 )
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {}
-    if REDIS_URL or not CELERY_BROKER_URL.startswith("filesystem")
+    # A Redis that hangs must not hang the process sending a task (a gateway submitting a
+    # slow check): the send fails after a few seconds instead, and the check fails by its mode.
+    {"socket_timeout": 5, "socket_connect_timeout": 2}
+    if CELERY_BROKER_URL.startswith("redis")
+    else {}
+    if not CELERY_BROKER_URL.startswith("filesystem")
     else {
         "data_folder_in": str(DATA_DIR / "celery-broker"),
         "data_folder_out": str(DATA_DIR / "celery-broker"),
@@ -146,7 +150,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     }
 )
 # The embedded broker and result store are folders: make sure they exist.
-_celery_folders = [v for k, v in CELERY_BROKER_TRANSPORT_OPTIONS.items() if k != "store_processed"]
+_celery_folders = [
+    v for k, v in CELERY_BROKER_TRANSPORT_OPTIONS.items() if k.endswith(("_in", "_out", "_folder"))
+]
 if CELERY_RESULT_BACKEND.startswith("file://"):
     _celery_folders.append(CELERY_RESULT_BACKEND.removeprefix("file://"))
 for _folder in _celery_folders:

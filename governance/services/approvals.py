@@ -16,8 +16,6 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
@@ -26,7 +24,7 @@ from audit.chainproof import canonical
 from audit.models import AuditRecord
 from audit.services import action_record
 from governance.models import ApprovalRequest
-from governance.services.versions import GOVERNANCE_GROUP
+from governance.services.versions import layer_nudge
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +80,7 @@ def _record(
 def approvals_nudge(*, tenant_id: int, approval_id: uuid.UUID) -> None:
     """After commit: tell the gateways (and the dashboards) that a request moved. Only a
     nudge: each gateway also polls the rows of the calls it holds."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.group_send)(
-            GOVERNANCE_GROUP,
-            {"type": "approval.changed", "tenant": tenant_id, "approval": str(approval_id)},
-        )
-    except Exception:
-        logger.debug("approval nudge not sent; the poll will see it", exc_info=True)
+    layer_nudge({"type": "approval.changed", "tenant": tenant_id, "approval": str(approval_id)})
 
 
 def _on_commit_nudge(approval: ApprovalRequest) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from asgiref.sync import async_to_sync
@@ -13,6 +14,7 @@ logger = logging.getLogger(__name__)
 
 # Every gateway process listens on this channel-layer group for governance changes.
 GOVERNANCE_GROUP = "governance"
+NUDGE_SECONDS = 1.0
 
 
 def tenant_version_bump(*, tenant_id: int) -> None:
@@ -24,15 +26,24 @@ def tenant_version_bump(*, tenant_id: int) -> None:
 
 
 def governance_nudge(*, tenant_id: int) -> None:
-    """Tell every gateway process to re-read the persisted versions now. Only a nudge: the
-    channel layer may drop it (and the in-memory layer reaches this process alone), so a
-    failure here is logged and otherwise ignored; the poll still applies the change."""
+    """Tell every gateway process to re-read the persisted versions now."""
+    layer_nudge({"type": "governance.changed", "tenant": tenant_id})
+
+
+def layer_nudge(message: dict[str, object]) -> None:
+    """Send ``message`` to every gateway process's nudge listener. Only a nudge: the channel
+    layer may drop it (and the in-memory layer reaches this process alone), so a failure is
+    logged and otherwise ignored, and a Redis that hangs costs the change NUDGE_SECONDS at
+    most (the layer's sockets have no timeout); the polls apply the change anyway."""
     layer = get_channel_layer()
     if layer is None:
         return
+
+    async def send() -> None:
+        async with asyncio.timeout(NUDGE_SECONDS):
+            await layer.group_send(GOVERNANCE_GROUP, message)
+
     try:
-        async_to_sync(layer.group_send)(
-            GOVERNANCE_GROUP, {"type": "governance.changed", "tenant": tenant_id}
-        )
+        async_to_sync(send)()
     except Exception:
-        logger.debug("governance nudge not sent; the poll will apply the change", exc_info=True)
+        logger.debug("nudge %s not sent; the polls will see the change", message, exc_info=True)
