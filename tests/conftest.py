@@ -1,10 +1,6 @@
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +9,7 @@ import pytest
 
 from orchestrator.gateway import gateway_shutdown
 from tests.pg import PostgresCluster, pg_bin
+from tests.redis import RedisServer
 
 
 @pytest.fixture
@@ -24,38 +21,17 @@ async def fresh_gateway() -> AsyncIterator[None]:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``redis-server`` on a free loopback port, for the session; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed (make test installs it with apt)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    workdir: Path = tmp_path_factory.mktemp("redis")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-    argv += ["no", "--dir", str(workdir), "--daemonize", "no"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """A real ``redis-server`` on a free loopback port, for the session (tests/redis.py);
+    yields its URL. A test that restarts Redis starts a ``RedisServer`` of its own."""
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"redis-server did not answer PING on port {port}")
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    except FileNotFoundError:
+        pytest.fail("redis-server is not installed (make test installs it with apt)")
+    try:
+        server.start()
+        yield server.url()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@ real database with.
 
 ``SLOW_CHECKS_EXTRA=tests.slowcheck_fixtures`` makes a worker register ``sleepy`` (sleeps,
 so a test can kill the worker mid-check; writes its pid first so the test knows whom to kill)
-and ``boom`` (always raises). The samples are the evidence for injection_similarity's
+and ``boom`` (always raises); ``SLOW_CHECK_STAND_IN=<check>`` puts ``sleepy`` in a real check's
+place (see ``stand_in_register``). The samples are the evidence for injection_similarity's
 threshold: DEV_* are the sentences the corpus was extended from, HELDOUT_* were written
 before the threshold was chosen and never tuned on.
 
@@ -44,6 +45,30 @@ class Boom(SlowCheckImpl):
 
     def run(self, text: str, config: Mapping[str, Any]) -> SlowResult:
         raise RuntimeError("boom")
+
+
+def stand_in_register(name: str) -> None:
+    """Make ``sleepy`` answer for the real check ``name`` in this process, so a gateway's call
+    (whose guardrail rows name only real checks) waits on a check that takes long enough to
+    be killed mid-run. The row's config is the real check's, so the stand-in's settings come
+    from the environment: SLOW_CHECK_STAND_IN_SECONDS and SLOW_CHECK_STAND_IN_PID_FILE."""
+
+    class StandIn(Sleepy):
+        def configure(self, config: Mapping[str, Any]) -> dict[str, Any]:
+            return {
+                **self.defaults,
+                "seconds": float(os.environ.get("SLOW_CHECK_STAND_IN_SECONDS", "1")),
+                "pid_file": os.environ.get("SLOW_CHECK_STAND_IN_PID_FILE", ""),
+            }
+
+    StandIn.name = name
+    slow_check_register(StandIn)
+
+
+# A worker started with CELERY_WORKER_INCLUDE=tests.slowcheck_fixtures imports this module in
+# its parent, before it forks its pool: SLOW_CHECK_STAND_IN then holds in every pool child.
+if os.environ.get("SLOW_CHECK_STAND_IN"):
+    stand_in_register(os.environ["SLOW_CHECK_STAND_IN"])
 
 
 # Sentences the corpus was extended from (its patterns, other words): not evidence.
