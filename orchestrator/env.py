@@ -1,6 +1,7 @@
 """Typed readers for environment variables: the one place configuration enters.
 
-Every setting of the project is read here with a documented default; README.md lists them.
+Every setting of the project is read here with a documented default; docs/operations.md
+lists them.
 """
 
 from __future__ import annotations

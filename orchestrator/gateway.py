@@ -879,7 +879,11 @@ async def gateway_shutdown(*, drain_seconds: float = 0.0) -> None:
     """Drain the process's gateway (``Gateway.drain``), then close it: audit flushed,
     upstream sessions ended, its node row gone."""
     global _gateway, _gateway_loop, _starting
-    gateway, _gateway, _gateway_loop, _starting = _gateway, None, None, None
+    gateway = _gateway
     if gateway is not None:
+        # Still the process's gateway while it drains: a request arriving meanwhile must be
+        # refused by it (-32008), not start a second gateway in this process.
         await gateway.drain(seconds=drain_seconds)
+    _gateway, _gateway_loop, _starting = None, None, None
+    if gateway is not None:
         await gateway.close()

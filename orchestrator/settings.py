@@ -1,4 +1,5 @@
-"""Django settings. Every value comes from an environment variable (see README's table)."""
+"""Django settings. Every value comes from an environment variable (docs/operations.md has
+the table)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ DATA_DIR = env_path("DATA_DIR", BASE_DIR / "var")
 SECRET_KEY = env_str("SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+# Behind a proxy that ends TLS: the dashboard's forms post from https://… origins, which
+# Django's CSRF check must trust; and the proxy's X-Forwarded-Proto says the request was https.
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+if env_bool("BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "daphne",

@@ -152,7 +152,7 @@ def approval_decide(
     user may review this tenant at all is the interface's check (``member_role``)."""
     with transaction.atomic():
         approval = (
-            ApprovalRequest.objects.select_for_update()
+            ApprovalRequest.objects.select_for_update(of=("self",))  # agent is nullable
             .select_related("tenant", "agent")
             .get(pk=approval.pk)
         )
