@@ -28,6 +28,7 @@ from governance.models import (
     AgentToken,
     Alert,
     ApprovalRequest,
+    GatewayNode,
     Guardrail,
     Membership,
     RateLimit,
@@ -792,6 +793,27 @@ class ApprovalRequestAdmin(NoDeleting, admin.ModelAdmin):
     def call_records(self, approval: ApprovalRequest) -> str:
         url = call_records_url(tenant_id=approval.tenant_id, call_id=approval.call_id)
         return format_html('<a href="{}">records of this call</a>', url)
+
+
+@admin.register(GatewayNode)
+class GatewayNodeAdmin(admin.ModelAdmin):
+    """Gateway processes by their heartbeat (``manage.py gateway_nodes``). Shown only: the
+    gateways write them, and the recovery of a dead one's calls depends on them."""
+
+    list_display = ["name", "started_at", "seen_at", "calls_since", "dead_at"]
+    list_filter = [("dead_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name"]
+    ordering = ["name", "started_at"]
+    readonly_fields = [f.name for f in GatewayNode._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 # --- people ------------------------------------------------------------------------------------

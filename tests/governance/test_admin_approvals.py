@@ -28,6 +28,7 @@ from governance.models import (
 from governance.services.agents import tenant_create, token_issue
 from governance.services.approvals import approval_decide, approval_request_create
 from governance.services.members import membership_set
+from governance.services.nodes import node_start
 from governance.services.policy import role_create, rule_create
 from governance.services.toolservers import tool_catalog_sync, toolserver_add
 from tests.audit.conftest import append, audit_record
@@ -115,6 +116,7 @@ def world(tenant, alice, rita, admin_user):
         payload={"text": "hi"},
     )
     append(audit_record(other, transport="ws", protocol_era="handshake"))
+    node_start(id=uuid.uuid4(), name="gw-1:8000")
 
 
 def filter_queries(response) -> list[str]:
