@@ -49,6 +49,8 @@ class Load:
                 except OutcomeUnknown:
                     self.unknown[request_id] = node
                     return  # its gateway is gone
+                except ConnectionError:
+                    return  # gone between two calls: this one was never sent
 
     def start(self, cluster: Cluster, node: str) -> list[asyncio.Task[None]]:
         sleep = ("testkit__sleep", {"seconds": 0.2})
