@@ -3,7 +3,7 @@
 This one file is all an auditor needs: it runs on the standard library (plus ``cryptography``
 to check signatures), without Django or a database::
 
-    python chainproof.py EXPORT.jsonl --public-key KEY     # or EXPORT.csv
+    python chainproof.py EXPORT.jsonl --public-key=KEY     # or EXPORT.csv
 
 The gateway imports the same functions, so the format is defined once (docs/audit.md):
 

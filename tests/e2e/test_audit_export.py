@@ -37,7 +37,7 @@ async def calls(gateway: Gateway) -> str:
 
 def verify(path: Path, key: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(ROOT / "audit" / "chainproof.py"), str(path), "--public-key", key],
+        [sys.executable, str(ROOT / "audit" / "chainproof.py"), str(path), f"--public-key={key}"],
         capture_output=True,
         text=True,
         timeout=60,
