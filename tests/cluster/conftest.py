@@ -10,6 +10,7 @@ The database is a copy of one set up once per session (``python -m tests.cluster
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -25,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.e2e.conftest import ROOT, worker_start, worker_stop
+from tests.e2e.conftest import ROOT, jsonrpc, worker_start, worker_stop
 from tests.pg import PostgresCluster
 
 pytestmark = pytest.mark.e2e
@@ -44,13 +46,10 @@ _templates: dict[int, dict[str, str]] = {}  # id(PostgresCluster) → the templa
 
 
 @dataclass
-class Node:
-    """One gateway process (``manage.py serve``), its log in ``log``."""
+class Endpoint:
+    """What agents connect to on a loopback port: a gateway, or nginx in front of several."""
 
-    name: str
     port: int
-    process: subprocess.Popen[bytes]
-    log: Path
 
     @property
     def base(self) -> str:
@@ -63,6 +62,30 @@ class Node:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/mcp/ws"
+
+
+async def until_authorized(endpoint: Endpoint, token: str, *, timeout: float) -> None:
+    """Wait until ``endpoint`` knows ``token`` (it polls the database for new ones)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    async with httpx2.AsyncClient() as http, asyncio.timeout(timeout):
+        while True:
+            answer = await http.post(
+                endpoint.http_url,
+                content=jsonrpc("initialize", {"protocolVersion": "2025-11-25"}),
+                headers=headers,
+            )
+            if answer.status_code != 401:
+                return
+            await asyncio.sleep(0.05)
+
+
+@dataclass
+class Node(Endpoint):
+    """One gateway process (``manage.py serve``), its log in ``log``."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -120,7 +143,7 @@ class Cluster:
         while time.monotonic() < deadline:
             text = log.read_bytes()[offset:].decode(errors="replace")
             if match := re.search(r"gateway listening on http://[^:]+:(\d+)", text):
-                node = Node(name, int(match.group(1)), process, log)
+                node = Node(int(match.group(1)), name, process, log)
                 self.nodes[name] = node
                 return node
             if process.poll() is not None:

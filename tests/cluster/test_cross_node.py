@@ -20,7 +20,7 @@ from mcp import Client, MCPError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.cluster.conftest import Cluster, Node
+from tests.cluster.conftest import Cluster, Node, until_authorized
 from tests.e2e.conftest import jsonrpc, mcp_client
 
 pytestmark = pytest.mark.e2e
@@ -45,22 +45,8 @@ async def agent_new(cluster: Cluster, nodes: tuple[Node, ...]) -> tuple[str, str
     out = await asyncio.to_thread(cluster.manage, "agent_create", "--tenant", "acme", name)
     token = out.strip().splitlines()[-1]
     for node in nodes:
-        await until_authenticated(node, token)
+        await until_authorized(node, token, timeout=WAIT)
     return name, token
-
-
-async def until_authenticated(node: Node, token: str) -> None:
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    async with httpx2.AsyncClient() as http, asyncio.timeout(WAIT):
-        while True:
-            answer = await http.post(
-                node.http_url,
-                content=jsonrpc("initialize", {"protocolVersion": "2025-11-25"}),
-                headers=headers,
-            )
-            if answer.status_code != 401:
-                return
-            await asyncio.sleep(0.05)
 
 
 async def outcome(client: Client, tool: str, arguments: dict[str, Any]) -> tuple[str, Any]:

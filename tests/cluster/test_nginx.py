@@ -30,7 +30,7 @@ import mcp_types
 import pytest
 from mcp import Client
 
-from tests.cluster.conftest import Cluster, Node
+from tests.cluster.conftest import Cluster, Endpoint, Node, until_authorized
 from tests.e2e.conftest import ROOT, jsonrpc, mcp_client
 
 pytestmark = pytest.mark.e2e
@@ -43,23 +43,10 @@ AGENTS = 12  # WebSocket agents connected through nginx at once
 
 
 @dataclass
-class Proxy:
+class Proxy(Endpoint):
     """nginx running the rendered deploy/nginx.conf; its access log in ``log``."""
 
-    port: int
     log: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"{self.base}/mcp"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/mcp/ws"
 
 
 def nginx_binary() -> str:
@@ -179,18 +166,9 @@ async def agent_new(
     if held:
         rule = ("--agent", name, "--effect", "require_approval", "--tool", held)
         await asyncio.to_thread(cluster.manage, "rule_add", "--tenant", "acme", *rule)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    async with httpx2.AsyncClient() as http, asyncio.timeout(WAIT):
+    async with asyncio.timeout(WAIT):
         for node in nodes:
-            while True:
-                answer = await http.post(
-                    node.http_url,
-                    content=jsonrpc("initialize", {"protocolVersion": "2025-11-25"}),
-                    headers=headers,
-                )
-                if answer.status_code != 401:
-                    break
-                await asyncio.sleep(0.05)
+            await until_authorized(node, token, timeout=WAIT)
             if held:
                 async with mcp_client(node, token, transport="http", mode="2026-07-28") as c:
                     while held not in [t.name for t in (await c.list_tools()).tools]:

@@ -24,9 +24,9 @@ import itertools
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
@@ -35,12 +35,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from tests.cluster.conftest import Cluster, Node, cluster_running
+from tests.e2e.conftest import wait_for
 from tests.pg import PostgresCluster
 from tests.redis import RedisServer
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 
 POLL_SECONDS = "600"  # the governance poll: far longer than this module runs
 PACE = 0.1  # seconds between one connection's calls
@@ -127,15 +127,6 @@ def site(cluster: Cluster, redis_server_own: RedisServer) -> Iterator[Site]:
     wait_for(lambda: s.members() == 2, 10, "both gateways' nudge listeners")
     yield s
     store.close()
-
-
-def wait_for(ready: Callable[[], T], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := ready():
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @dataclass

@@ -26,7 +26,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
@@ -35,11 +35,10 @@ from mcp import Client
 
 from examples.mcp_ws import websocket_client
 from tests.cluster.conftest import Cluster, Node
-from tests.e2e.conftest import worker_stop
+from tests.e2e.conftest import alive, wait_for, worker_stop
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 
 TOOL = "testkit__echo"
 TEXT = "an evil payload"  # sleepy flags "evil"
@@ -103,16 +102,6 @@ def broker(cluster: Cluster) -> Iterator[redis.Redis]:
     client.close()
 
 
-def wait_for(ready: Callable[[], T], timeout: float, what: str, log: Path | None = None) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := ready():
-            return value
-        time.sleep(0.02)
-    tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
-
-
 def pid_file(cluster: Cluster) -> Path:
     return cluster.data_dir / "check-pids"
 
@@ -138,14 +127,6 @@ def start_worker(cluster: Cluster, name: str) -> subprocess.Popen[bytes]:
 
 def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 def last_check_id(cluster: Cluster) -> int:

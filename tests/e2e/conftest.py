@@ -13,10 +13,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 import pytest
@@ -28,6 +28,7 @@ from examples.mcp_ws import websocket_client
 ROOT = Path(__file__).resolve().parents[2]
 TESTKIT = Path(__file__).with_name("testkit_server.py")
 CALL_TIMEOUT = 2.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -142,6 +143,27 @@ def worker_stop(worker: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(timeout=10)
+
+
+def wait_for(ready: Callable[[], T], timeout: float, what: str, log: Path | None = None) -> T:
+    """``ready()``'s first truthy value within ``timeout`` seconds; else fail, with the tail
+    of ``log``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := ready():
+            return value
+        time.sleep(0.02)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (its parent has not reaped it yet)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 @pytest.fixture(scope="session")

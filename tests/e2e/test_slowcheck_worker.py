@@ -14,14 +14,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, worker_start, worker_stop
+from tests.e2e.conftest import ROOT, alive, wait_for, worker_start, worker_stop
 
 pytestmark = pytest.mark.e2e
 
@@ -87,27 +87,9 @@ class Site:
         return self.query("SELECT * FROM governance_alert WHERE call_id = ?", (call_id,))
 
 
-def wait_for(ready: Callable[[], object], timeout: float, what: str, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := ready():
-            return value
-        time.sleep(0.1)
-    tail = log.read_text()[-3000:] if log and log.exists() else ""
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tail}")
-
-
 def parent_of(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rpartition(")")[2].split()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
