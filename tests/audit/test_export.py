@@ -60,7 +60,7 @@ def verify(data: bytes, format: str = "jsonl") -> Any:
 def run_script(path: Path) -> subprocess.CompletedProcess[str]:
     """The stand-alone verifier, as an auditor runs it: outside Django, on the file."""
     return subprocess.run(
-        [sys.executable, str(SCRIPT), str(path), "--public-key", b64encode(public_key())],
+        [sys.executable, str(SCRIPT), str(path), f"--public-key={b64encode(public_key())}"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -351,7 +351,7 @@ def test_the_script_refuses_another_key(tenant, mixed, tmp_path):
     path = tmp_path / "export.jsonl"
     path.write_bytes(export_bytes(tenant))
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), str(path), "--public-key", b64encode(b"\x01" * 32)],
+        [sys.executable, str(SCRIPT), str(path), "--public-key=" + b64encode(b"\x01" * 32)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -412,7 +412,8 @@ def test_an_export_from_postgresql_verifies(postgres_url, tmp_path):
     key = manage("audit_public_key").strip()
     for format in ("jsonl", "csv"):
         result = subprocess.run(
-            [sys.executable, str(SCRIPT), str(tmp_path / f"export.{format}"), "--public-key", key],
+            [sys.executable, str(SCRIPT), str(tmp_path / f"export.{format}"),
+             f"--public-key={key}"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr

@@ -77,7 +77,7 @@ def test_a_client_that_stops_reading_holds_the_export_back(gateway: Gateway, tmp
 
     key = gateway.manage("audit_public_key").stdout.strip()
     verified = subprocess.run(
-        [sys.executable, str(ROOT / "audit" / "chainproof.py"), str(path), "--public-key", key],
+        [sys.executable, str(ROOT / "audit" / "chainproof.py"), str(path), f"--public-key={key}"],
         capture_output=True,
         text=True,
         timeout=300,
