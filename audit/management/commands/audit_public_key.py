@@ -7,7 +7,7 @@ from audit.signing import public_key
 class Command(BaseCommand):
     help = (
         "Print the public key that verifies audit checkpoints (base64), for "
-        "`python audit/chainproof.py EXPORT --public-key KEY`."
+        "`python audit/chainproof.py EXPORT --public-key=KEY`."
     )
 
     def add_arguments(self, parser):
