@@ -144,7 +144,12 @@ def _parts(after: int, last: int, jobs: int) -> list[tuple[int, int]]:
 def _run(tasks: list[tuple[Any, ...]], jobs: int) -> list[_Part]:
     if jobs <= 1 or len(tasks) <= 1:
         return [_verify_part(*task) for task in tasks]
-    connections.close_all()  # forked children must open their own
+    # Forked children must open their own connections: none may be inherited, pooled or not
+    # (two processes on one PostgreSQL socket lose the protocol's synchronization).
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+        if hasattr(connection, "close_pool"):
+            connection.close_pool()
     with multiprocessing.get_context("fork").Pool(len(tasks)) as pool:
         return pool.starmap(_verify_part, tasks)
 
