@@ -49,13 +49,19 @@ def _seed_file(data_dir: Path) -> bytes:
     return b64decode(path.read_text().strip())
 
 
+@functools.cache  # derived from the cached private key: every commit signs
 def public_key() -> bytes:
     return private_key().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+@functools.cache
+def _own_key_id() -> str:
+    return key_id(public_key())
+
+
 def sign(message: bytes) -> tuple[str, str]:
     """(key id, signature) of ``message``."""
-    return key_id(public_key()), b64encode(private_key().sign(message))
+    return _own_key_id(), b64encode(private_key().sign(message))
 
 
 def trusted_keys() -> dict[str, bytes]:
