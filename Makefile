@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test setup lint clean
+.PHONY: run test bench services setup lint clean
 
 setup: $(INSTALLED)
 
@@ -26,14 +26,21 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(INSTALLED) lint
-	$(BIN)/python manage.py check
-	$(BIN)/python manage.py makemigrations --check --dry-run
+# What the tests and benchmarks run for real, from Debian's packages.
+services:
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	command -v nginx >/dev/null || (apt-get update -qq && apt-get install -y -qq nginx)
+
+test: $(INSTALLED) lint services
+	$(BIN)/python manage.py check
+	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/pytest
+
+# Every benchmark in bench/ (about 10 minutes); writes bench/results/latest.md.
+bench: $(INSTALLED) services
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) var

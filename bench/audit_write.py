@@ -69,6 +69,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import harness  # noqa: E402
+
 WRITE_GOAL, VERIFY_GOAL = 5_000, 100_000
 FILL_BATCH = 5_000
 TENANTS = ("bench", "bench2")
@@ -607,6 +609,7 @@ def main() -> None:
         ("PostgreSQL", postgres_env, "defaults: every commit waits for the WAL flush"),
     ]
     ratios = []
+    verify_rates: dict[str, float] = {}
     for name, environment, note in databases:
         if args.only and name.lower() != args.only:
             continue
@@ -614,14 +617,27 @@ def main() -> None:
             results = measure_database(env, args)
         report(name, note, results, args)
         ratios.append((name, results["written"]["rate"], results["bare"]["rate"]))
+        jobs2 = results["verify"]["jobs2"]
+        verify_rates[name] = jobs2["records"] / jobs2["seconds"]
     print(
         f"all in {time.perf_counter() - started:.0f} s; "
         f"load average at the end: {os.getloadavg()[0]:.2f}"
     )
-    print(
-        f"ratio durable records/s ({args.writers} writers, 1 tenant) ÷ bare single-row inserts/s, "
-        "same database, same run: "
-        + ", ".join(f"{name} {ours / bare:.2f}" for name, ours, bare in ratios)
+    if args.only:
+        return
+    (_, sqlite_ours, sqlite_bare), (_, pg_ours, pg_bare) = ratios
+    written, verified = sqlite_ours, verify_rates["SQLite"]
+    harness.report(
+        "audit_write",
+        ratio=sqlite_ours / sqlite_bare,
+        goal=f"≥ {WRITE_GOAL:,} records/s durable, ≥ {VERIFY_GOAL:,} verified/s",
+        met=written >= WRITE_GOAL and verified >= VERIFY_GOAL,
+        figures=(
+            f"SQLite: {written:,.0f} durable records/s ({args.writers} writers) ÷ bare inserts "
+            f"{sqlite_bare:,.0f}/s, verified {verified:,.0f}/s; PostgreSQL: {pg_ours:,.0f} ÷ "
+            f"{pg_bare:,.0f}/s = {pg_ours / pg_bare:.2f}, verified "
+            f"{verify_rates['PostgreSQL']:,.0f}/s"
+        ),
     )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import report
 from governance.engine.guardrails import schema as schema_module
 from governance.engine.guardrails.base import Action, Context, Outcome, Payload, Stage
 from governance.engine.guardrails.pipeline import GuardrailSpec, TenantGuardrails
@@ -218,10 +219,13 @@ def main() -> None:
     samples = measure(call, args.calls)
     p50, p99 = statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
     print(f"{'inline guardrails':<24} p50 {p50:7.1f} us   p99 {p99:7.1f} us")
-    goal = "met" if p50 <= 200 else "MISSED"
-    print(
-        f"inline guardrails per call: p50 {p50:.1f} us (goal <= 200 us: {goal}); "
-        f"ratio to json.loads of the same payloads: {p50 / statistics.median(loads):.1f}x"
+    report(
+        "guardrails",
+        ratio=p50 / statistics.median(loads),
+        goal="p50 ≤ 200 µs per call",
+        met=p50 <= 200,
+        figures=f"inline guardrails p50 {p50:.1f} µs, p99 {p99:.1f} µs per call (input and "
+        f"output) ÷ json.loads of the same payloads {statistics.median(loads):.1f} µs",
     )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.harness import report
 from governance.engine.conditions import ConditionSpec
 from governance.engine.policy import AgentPolicy, Effect, RuleSpec, TenantPolicy
 
@@ -132,10 +133,12 @@ def main() -> None:
             f"{count:>5} rules  p50 {p50s[count]:6.2f} us   p99 {p99:6.2f} us   "
             f"rules matching a name: {matched:5.1f} on average   compile {compiled_ms:6.1f} ms"
         )
-    goal = "met" if p50s[1000] <= 20 else "MISSED"
-    print(
-        f"decision at 1,000 rules: p50 {p50s[1000]:.2f} us (goal <= 20 us: {goal}); "
-        f"ratio to the empty-policy decision: {p50s[1000] / baseline:.1f}x"
+    report(
+        "policy_decide",
+        ratio=p50s[1000] / baseline,
+        goal="p50 ≤ 20 µs at 1,000 rules",
+        met=p50s[1000] <= 20,
+        figures=f"decision at 1,000 rules p50 {p50s[1000]:.2f} µs ÷ empty policy {baseline:.2f} µs",
     )
 
 
