@@ -51,6 +51,20 @@ def tenant_versions() -> dict[int, int]:
     return dict(Tenant.objects.values_list("id", "version"))
 
 
+def tenant_states_changed(
+    *, known: dict[int, int]
+) -> tuple[dict[int, int], dict[int, TenantState]]:
+    """Every tenant's version, and the state of each whose version differs from ``known``
+    (tenant id → version): what a gateway's refresh needs, in one trip to the database."""
+    versions = tenant_versions()
+    changed = {
+        tenant_id: tenant_state_get(tenant_id=tenant_id)
+        for tenant_id, version in versions.items()
+        if known.get(tenant_id) != version
+    }
+    return versions, changed
+
+
 def tenant_state_get(*, tenant_id: int) -> TenantState:
     tenant = Tenant.objects.get(id=tenant_id)
     agents = {

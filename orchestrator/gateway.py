@@ -287,17 +287,14 @@ class Gateway:
             await self._refresh()
 
     async def _refresh(self) -> None:
-        versions: dict[int, int] = await self._in_db(selectors.tenant_versions)
-        changed = [
-            tid
-            for tid, v in versions.items()
-            if getattr(self._states.get(tid), "version", None) != v
-        ]
+        # One trip to the database thread: under load each trip waits its turn on the loop.
+        versions, states = await self._in_db(
+            selectors.tenant_states_changed,
+            known={tid: state.version for tid, state in self._states.items()},
+        )
+        changed = list(states)
         removed = set(self._states) - set(versions)
-        for tenant_id in changed:
-            self._states[tenant_id] = await self._in_db(
-                selectors.tenant_state_get, tenant_id=tenant_id
-            )
+        self._states.update(states)
         for tenant_id in removed:
             del self._states[tenant_id]
         if not changed and not removed:
@@ -510,7 +507,7 @@ class Gateway:
         arguments: dict[str, Any],
         context: Context,
     ) -> dict[str, Any]:
-        name = tool.exposed_name
+        name, asked = tool.exposed_name, arguments
         inspection = pipeline.inspect(Stage.INPUT, arguments, context)
         log.inspected(inspection)
         log.arguments(inspection.recorded)  # the intent, with the input verdicts
@@ -522,12 +519,14 @@ class Gateway:
             # write() enqueues the record before it first yields: from here on the intent is
             # on its way to disk, and any exit below gets its outcome record after it.
             await self.audit.write(log.intent)
+            self._still_allowed(state, log, asked)
             blocked = await self._slow_checks(pipeline, log, Stage.INPUT, arguments)
             if blocked:
                 await self.audit.write(log.outcome(AuditRecord.Outcome.BLOCKED))
                 raise _blocked(blocked, name)
             if log.decision.effect is Effect.REQUIRE_APPROVAL:
                 await self._approved(state, log, arguments)
+            self._still_allowed(state, log, asked)
             upstream = self.upstreams.get(state.servers[tool.server_id])
             result = await upstream.call_tool(
                 tool.name, arguments, deadline=settings.MCP_CALL_TIMEOUT_SECONDS
@@ -538,6 +537,9 @@ class Gateway:
             blocked = inspection.blocked or await self._slow_checks(
                 pipeline, log, Stage.OUTPUT, inspection.value
             )
+        except PolicyChanged as changed:
+            await self.audit.write(log.outcome(AuditRecord.Outcome.DENIED, error=changed.reason))
+            raise changed.refusal from None
         except UpstreamError as exc:
             error = str(exc)
             if isinstance(exc, UpstreamRpcError):
@@ -583,6 +585,24 @@ class Gateway:
             )
         )
         return result
+
+    def _still_allowed(self, state: TenantState, log: CallLog, arguments: dict[str, Any]) -> None:
+        """Raise PolicyChanged if a policy applied since the call was decided refuses it. The
+        call waited (its intent's commit, slow checks, a reviewer): a rule that no longer
+        stands must not send it upstream. Only a refusal counts: a call decided under a
+        stricter rule is not let off by a looser one."""
+        current = self._states.get(log.ctx.tenant_id)
+        if current is None or current.version == state.version:
+            return
+        name = log.fields["tool"]
+        policy = current.policy.for_agent(log.ctx.agent_id)
+        if name in current.tools:
+            decision = policy.decide("tool", name, arguments, now=time.time())
+        else:
+            decision = Decision(Effect.DENY, "the tool is no longer offered")
+        if decision.effect is Effect.DENY:
+            reason = f"policy changed while the call waited: {decision.reason}"
+            raise PolicyChanged(reason, _refusal(current, policy, decision, name, arguments))
 
     async def _approved(self, state: TenantState, log: CallLog, arguments: dict[str, Any]) -> None:
         """Hold the call for a reviewer's decision, bound to these exact arguments. Returns
@@ -713,7 +733,12 @@ class CallLog:
             "policy_version": state.version,
             "started_at": started_at,
         }
-        self.intent = self._record(AuditRecord.Kind.INTENT, created_at=started_at)
+
+    @property
+    def intent(self) -> AuditRecord:
+        """The intent as it stands: the arguments as recorded and the input verdicts so far.
+        Built when written (a model instance per call is not free)."""
+        return self._record(AuditRecord.Kind.INTENT, created_at=self.fields["started_at"])
 
     def _record(self, kind: str, **fields: Any) -> AuditRecord:
         return AuditRecord(
@@ -731,7 +756,6 @@ class CallLog:
         """The arguments as the trail keeps them (``Inspection.recorded``): what the checks
         found redacted, long strings clipped."""
         self.fields["arguments"] = recorded
-        self.intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
 
     def add(self, verdicts: Iterable[Verdict]) -> None:
         self.verdicts.extend(v.as_record() for v in verdicts)
@@ -754,8 +778,9 @@ class CallLog:
 
     async def refused(self, audit: AuditWriter, outcome: str, *, error: str = "") -> None:
         """A call refused before the upstream: its intent and outcome, both durable."""
-        intent = self._record(AuditRecord.Kind.INTENT, created_at=self.intent.created_at)
-        await asyncio.gather(audit.write(intent), audit.write(self.outcome(outcome, error=error)))
+        await asyncio.gather(
+            audit.write(self.intent), audit.write(self.outcome(outcome, error=error))
+        )
 
 
 def _without_upstream_meta(result: dict[str, Any]) -> dict[str, Any]:
@@ -768,6 +793,14 @@ def _without_upstream_meta(result: dict[str, Any]) -> dict[str, Any]:
 def _error_text(result: dict[str, Any]) -> str:
     texts = [c.get("text", "") for c in result.get("content", []) if c.get("type") == "text"]
     return " ".join(texts)[:2000]
+
+
+class PolicyChanged(Exception):
+    """A call allowed when decided is refused by the policy applied since."""
+
+    def __init__(self, reason: str, refusal: CallError) -> None:
+        super().__init__(reason)
+        self.reason, self.refusal = reason, refusal
 
 
 def _refusal(

@@ -82,3 +82,60 @@ async def test_full_detail_explains_each_condition():
     error, deny_id, _ = await refusal("full", "files__delete")
     assert error.data["rule"] == deny_id
     assert "    $.recursive equals true: true → holds" in error.data["explanation"]
+
+
+async def started_gateway_denying_after_the_intent(deny: dict) -> tuple[Gateway, str]:
+    """A gateway whose audit writer, once an intent is durable, commits a rule ``deny`` and
+    lets the gateway apply it: a policy change landing while a call waits on its intent."""
+    token, _, _ = await sync_to_async(setup)("rule")
+    gateway = Gateway()
+    await gateway.start()
+    write = gateway.audit.write
+
+    async def write_then_change(record: AuditRecord) -> None:
+        await write(record)
+        if record.kind == "intent":
+            tenant = await Tenant.objects.aget(slug="acme")
+            await sync_to_async(rule_create)(tenant=tenant, **deny)
+            await gateway.refresh()
+
+    gateway.audit.write = write_then_change
+    return gateway, token
+
+
+async def test_a_call_refused_by_a_rule_applied_while_it_waited_never_goes_upstream():
+    # files__read is allowed when decided; its upstream ("never-started") would answer
+    # "upstream down" if the call went on.
+    gateway, token = await started_gateway_denying_after_the_intent(
+        {"effect": "deny", "resource": "files__*", "description": "freeze"}
+    )
+    try:
+        ctx = gateway.authenticate(token)
+        with pytest.raises(CallError) as refused:
+            await gateway.call_tool(ctx, META, name="files__delete", arguments={"path": "/a"})
+    finally:
+        await gateway.close()
+    error = refused.value
+    assert error.code == PERMISSION_DENIED
+    assert error.message.startswith("permission denied: denied by rule")
+    intent = await AuditRecord.objects.aget(kind="intent")
+    outcome = await AuditRecord.objects.aget(kind="outcome")
+    assert (intent.decision, outcome.outcome) == ("allow", "denied")
+    assert outcome.error.startswith("policy changed while the call waited: denied by rule")
+
+
+async def test_a_looser_rule_applied_while_a_call_waited_changes_nothing():
+    # An unrelated allow rule moves the version; the call goes on to its upstream, which is
+    # down: the answer is the upstream's, not a denial.
+    gateway, token = await started_gateway_denying_after_the_intent(
+        {"effect": "allow", "resource": "other__*"}
+    )
+    try:
+        ctx = gateway.authenticate(token)
+        with pytest.raises(CallError) as failed:
+            await gateway.call_tool(ctx, META, name="files__delete", arguments={"path": "/a"})
+    finally:
+        await gateway.close()
+    assert failed.value.code != PERMISSION_DENIED
+    outcome = await AuditRecord.objects.aget(kind="outcome")
+    assert outcome.outcome != "denied"
