@@ -2,7 +2,7 @@
 served the way the gateway is served (Daphne, with the same fixes and frame limits), and
 nothing else: no database, no authentication, no governance.
 
-    python bench/bare_echo.py [--port 0] [--server daphne|uvicorn]
+    python bench/bare_echo.py [--port 0] [--server daphne|uvicorn] [--lean]
 
 Prints ``bare echo listening on http://HOST:PORT`` once it listens; the echo is at ``/ws``
 (any path works).
@@ -24,6 +24,7 @@ import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 django.setup()
 
+from channels.consumer import get_handler_name  # noqa: E402
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
 
 
@@ -35,6 +36,15 @@ class Echo(AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         await self.send(text_data=text_data)
+
+
+class LeanEcho(Echo):
+    """The same echo without Channels' per-message hop to the sync thread (which closes stale
+    database connections): the gateway's consumer skips it too, so this is the like-for-like
+    baseline."""
+
+    async def dispatch(self, message: dict) -> None:
+        await getattr(self, get_handler_name(message))(message)
 
 
 application = Echo.as_asgi()
@@ -83,5 +93,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--server", choices=["daphne", "uvicorn"], default="daphne")
+    parser.add_argument("--lean", action="store_true", help="without the per-message DB hop")
     options = parser.parse_args()
+    if options.lean:
+        application = LeanEcho.as_asgi()
     (serve_daphne if options.server == "daphne" else serve_uvicorn)(options.port)
