@@ -54,6 +54,7 @@ BENCHMARKS = (
     Benchmark("connected_agents", (), 150),
     Benchmark("noisy_neighbour", (), 120),
     Benchmark("policy_propagation", (), 120),
+    Benchmark("gc_pauses", (), 90),
     Benchmark("policy_decide", (), 60),
     Benchmark("guardrails", (), 60),
     Benchmark("audit_write", ("--seconds", "3", "--verify-records", "100000"), 150),
