@@ -15,10 +15,13 @@ tool list changed — to an initialized handshake-era connection, and on each 20
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from typing import Any
 
+from autobahn.exception import Disconnected
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -33,7 +36,10 @@ from orchestrator.gateway import (
 )
 from orchestrator.protocol.jsonrpc import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
     JsonRpcError,
     Notification,
     Request,
@@ -52,7 +58,21 @@ logger = logging.getLogger(__name__)
 SUBPROTOCOL = "mcp"
 CLOSE_UNAUTHORIZED = 4401
 RESTARTING = "gateway restarting: reconnect"
-MAX_INFLIGHT_CALLS = 64  # tools/call running at once on one connection
+MAX_INFLIGHT_CALLS = 64  # tools/call accepted at once on one connection
+# Fairness between the connections of a process, which share one event loop, one audit writer
+# and one pipe per upstream, each first come, first served: a connection's accepted calls start
+# MAX_RUNNING_CALLS at a time and the others wait their turn, so a connection that floods calls
+# queues them on itself, not ahead of every other agent's. A call still running after
+# SLOT_SECONDS lets the next one start: it waits (on a slow upstream, on a reviewer) rather than
+# works, and must not hold up the connection's other calls for long.
+MAX_RUNNING_CALLS = 2
+SLOT_SECONDS = 0.1
+# A frame refused as the client's fault (not JSON-RPC, invalid params, an unknown method or
+# tool, a request id in use, above MCP_MAX_MESSAGE_BYTES, over the in-flight cap) delays the
+# next frame of its connection by this much: a client that sends junk, or resends at once what
+# was refused, cannot keep the event loop busy answering it. A well-behaved client never waits.
+FAULT_SECONDS = 0.025
+FAULTS = frozenset({PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS})
 
 
 class AgentConsumer(AsyncWebsocketConsumer):
@@ -63,8 +83,19 @@ class AgentConsumer(AsyncWebsocketConsumer):
     ctx: AgentContext
     session: McpSession
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels' own dispatch first closes stale database connections through the sync
+        # thread: a thread hop per frame. This consumer never touches the ORM itself (the
+        # gateway's database_sync_to_async calls do that housekeeping), so it skips the hop.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"no handler for message type {message['type']}")
+        await handler(message)
+
     async def connect(self) -> None:
         self.inflight: dict[RequestId, asyncio.Task[None]] = {}
+        self.running = asyncio.Semaphore(MAX_RUNNING_CALLS)
+        self.paused_until = 0.0  # loop time: no frame is read before (FAULT_SECONDS)
         self.outbox: set[asyncio.Task[None]] = set()  # server-initiated sends under way
         self.unsubscribe = None
         self.undrain = None
@@ -141,6 +172,11 @@ class AgentConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.unsubscribe is None:
             return  # refused or closing
+        pause = self.paused_until - asyncio.get_running_loop().time()
+        if pause > 0:
+            await asyncio.sleep(pause)
+            if self.unsubscribe is None:
+                return
         try:
             self.gateway.check(self.ctx)
         except AuthError as exc:
@@ -153,6 +189,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 )
             message = parse_message(text_data, max_bytes=settings.MCP_MAX_MESSAGE_BYTES)
         except JsonRpcError as exc:
+            self.fault()
             await self.send_json(exc.response())
             return
         if isinstance(message, Notification):
@@ -162,6 +199,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 await self.send_all(self.session.changes())
         elif isinstance(message, Request):
             if message.id in self.inflight or message.id in self.session.subscriptions:
+                self.fault()
                 await self.send_json(
                     JsonRpcError(
                         INVALID_REQUEST,
@@ -171,6 +209,7 @@ class AgentConsumer(AsyncWebsocketConsumer):
                 )
             elif message.method == "tools/call" and len(self.inflight) >= MAX_INFLIGHT_CALLS:
                 # One connection cannot pile up unbounded work on the process's event loop.
+                self.fault()
                 await self.send_json(
                     JsonRpcError(
                         RATE_LIMITED_CODE,
@@ -181,8 +220,9 @@ class AgentConsumer(AsyncWebsocketConsumer):
                     ).response()
                 )
             elif message.method == "tools/call":
-                # Calls run concurrently; everything else is answered in order, at once.
-                task = asyncio.get_running_loop().create_task(self.answer(message))
+                # Calls run concurrently (MAX_RUNNING_CALLS at a time); everything else is
+                # answered in order, at once.
+                task = asyncio.get_running_loop().create_task(self.call(message))
                 self.inflight[message.id] = task
                 task.add_done_callback(lambda _t, rid=message.id: self.inflight.pop(rid, None))
             elif message.method == LISTEN:
@@ -190,12 +230,37 @@ class AgentConsumer(AsyncWebsocketConsumer):
             else:
                 await self.answer(message)
 
+    async def call(self, request: Request) -> None:
+        """A tools/call, once one of the connection's running slots is free."""
+        await self.running.acquire()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.running.release()
+
+        timer = asyncio.get_running_loop().call_later(SLOT_SECONDS, release)
+        try:
+            await self.answer(request)
+        finally:
+            timer.cancel()
+            release()
+
     async def answer(self, request: Request) -> None:
         try:
             response = await self.session.handle(request)
         except asyncio.CancelledError:
             return  # the client cancelled it or left: no response is due
+        if response.get("error", {}).get("code") in FAULTS:
+            self.fault()
         await self.send_json(response)
+
+    def fault(self) -> None:
+        """The client sent what must be refused: its next frame waits FAULT_SECONDS more."""
+        now = asyncio.get_running_loop().time()
+        self.paused_until = max(self.paused_until, now) + FAULT_SECONDS
 
     async def listen(self, request: Request) -> None:
         """2026-07-28 ``subscriptions/listen``: acknowledge, then notify on this connection until
@@ -237,4 +302,10 @@ class AgentConsumer(AsyncWebsocketConsumer):
             await self.send_json(message)
 
     async def send_json(self, message: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(message, ensure_ascii=False, separators=(",", ":")))
+        text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        # Disconnected: the server is closing the connection (1009: a frame above the cap) and
+        # its websocket.disconnect has not reached this consumer yet, so nobody is left to
+        # answer. Raised on, it would end the consumer without its disconnect() (a leaked
+        # subscription and presence, calls left running) and log a traceback per answer.
+        with contextlib.suppress(Disconnected):
+            await self.send(text_data=text)

@@ -13,7 +13,9 @@ from governance.models import AgentToken
 from governance.services.agents import agent_create, tenant_create, token_issue, token_revoke
 from governance.services.policy import rule_create
 from governance.services.toolservers import tool_catalog_sync, toolserver_add
+from orchestrator import consumers
 from orchestrator.asgi import application
+from orchestrator.protocol.mcp import McpSession
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_gateway")]
 
@@ -109,3 +111,57 @@ async def test_two_connections_are_independent(token):
     assert "result" in ok
     assert (await first.receive_json_from(timeout=5))["error"]["code"] == -32700
     await asyncio.gather(first.disconnect(), second.disconnect())
+
+
+async def test_faulty_frames_slow_down_only_their_own_connection(token):
+    flooder, other = connect(token), connect(token)
+    await flooder.connect()
+    await other.connect()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(8):
+        await flooder.send_to(text_data="{broken")
+    answered = await request(other, "initialize", {"protocolVersion": "2025-11-25"})
+    other_done = loop.time()
+    for _ in range(8):
+        assert (await flooder.receive_json_from(timeout=5))["error"]["code"] == -32700
+    flooder_done = loop.time()
+    assert "result" in answered
+    # Each fault holds the flooder's next frame back: 7 waits at least, whatever the machine.
+    assert flooder_done - started >= 7 * consumers.FAULT_SECONDS
+    assert other_done < flooder_done  # the other connection did not wait behind them
+    await asyncio.gather(flooder.disconnect(), other.disconnect())
+
+
+async def test_a_connections_calls_start_two_at_a_time_and_a_slow_one_gives_way(token, monkeypatch):
+    running, most, starts = 0, 0, {}
+
+    async def handle(self, request):
+        nonlocal running, most
+        starts[request.id] = asyncio.get_running_loop().time()
+        running += 1
+        most = max(most, running)
+        try:
+            await asyncio.sleep(request.params["arguments"]["seconds"])
+        finally:
+            running -= 1
+        return {"jsonrpc": "2.0", "id": request.id, "result": {"content": []}}
+
+    monkeypatch.setattr(McpSession, "handle", handle)
+    ws = connect(token)
+    await ws.connect()
+    for call_id in range(1, 7):  # quick calls: never more than two run at once
+        params = {"name": "files__read", "arguments": {"seconds": 0.02}}
+        frame = {"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": params}
+        await ws.send_to(text_data=json.dumps(frame))
+    for _ in range(6):
+        assert "result" in await ws.receive_json_from(timeout=5)
+    assert most == consumers.MAX_RUNNING_CALLS
+    for call_id in (7, 8, 9):  # slow calls: the third starts once a slot was given up
+        params = {"name": "files__read", "arguments": {"seconds": 1.0}}
+        frame = {"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": params}
+        await ws.send_to(text_data=json.dumps(frame))
+    for _ in range(3):
+        assert "result" in await ws.receive_json_from(timeout=5)
+    assert consumers.SLOT_SECONDS <= starts[9] - starts[7] < 0.9
+    await ws.disconnect()
