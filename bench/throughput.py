@@ -7,7 +7,8 @@ bench/harness.py, keeping ``--in-flight`` calls outstanding at all times:
 
 - **direct**, the baseline: over stdio to a testkit server spawned by the client;
 - **governed**: over WebSocket to a gateway (``manage.py serve``, SQLite, the default guardrails
-  of a new tenant, the testkit server as upstream ``echo``), spread over ``--agents`` agents;
+  of a new tenant, the testkit server as upstream ``echo``), spread over ``--agents`` agents
+  (a connection runs two calls at a time, so 16 agents for 32 in flight);
   every call gets a policy decision, the guardrails, a durable intent before the upstream is
   called and a durable outcome before its answer is released (the group-commit writer).
 
@@ -15,7 +16,7 @@ Each phase runs ``--calls`` calls after a warm-up, or stops after ``--seconds``.
 gateway measurement with the fast echo upstream (bench/echo_upstream.py), which shows the
 gateway's own ceiling; its ratio to the fast upstream alone is printed for the record.
 
-    .venv/bin/python bench/throughput.py [--calls 4000] [--in-flight 32] [--agents 4]
+    .venv/bin/python bench/throughput.py [--calls 3000] [--in-flight 32] [--agents 16]
 
 Goal on the reference machine (2 cores): governed ÷ direct >= 0.8 with the stdio MCP server.
 """
@@ -111,8 +112,8 @@ async def main(options: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
-    parser.add_argument("--calls", type=int, default=4000)
+    parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--in-flight", type=int, default=32)
-    parser.add_argument("--agents", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=20.0, help="cap on each phase")
+    parser.add_argument("--agents", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=15.0, help="cap on each phase")
     asyncio.run(main(parser.parse_args()))
