@@ -38,7 +38,7 @@ test: $(INSTALLED) lint services
 	$(BIN)/python manage.py makemigrations --check --dry-run
 	$(BIN)/pytest
 
-# Every benchmark in bench/ (about 10 minutes); writes bench/results/latest.md.
+# Every benchmark in bench/ (about 5 minutes); writes bench/results/latest.md.
 bench: $(INSTALLED) services
 	$(BIN)/python bench/run.py
 
