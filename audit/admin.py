@@ -7,7 +7,8 @@ from audit.models import AuditRecord, ChainHead, Checkpoint
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    """The trail is written by the gateway and its services alone (append-only)."""
+    """Rows the gateway and its services write alone (the append-only trail, the gateways'
+    heartbeats): shown, never added, changed or deleted here."""
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields] + list(self.readonly_fields)

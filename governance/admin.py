@@ -23,6 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from audit.admin import ReadOnlyAdmin
 from governance.models import (
     Agent,
     AgentToken,
@@ -796,7 +797,7 @@ class ApprovalRequestAdmin(NoDeleting, admin.ModelAdmin):
 
 
 @admin.register(GatewayNode)
-class GatewayNodeAdmin(admin.ModelAdmin):
+class GatewayNodeAdmin(ReadOnlyAdmin):
     """Gateway processes by their heartbeat (``manage.py gateway_nodes``). Shown only: the
     gateways write them, and the recovery of a dead one's calls depends on them."""
 
@@ -804,16 +805,6 @@ class GatewayNodeAdmin(admin.ModelAdmin):
     list_filter = [("dead_at", admin.EmptyFieldListFilter)]
     search_fields = ["name"]
     ordering = ["name", "started_at"]
-    readonly_fields = [f.name for f in GatewayNode._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 # --- people ------------------------------------------------------------------------------------
