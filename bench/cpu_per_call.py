@@ -50,7 +50,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import PYTHON, ROOT, WsClient, cpu_seconds, fresh_setup, report, serve
+from bench.harness import (
+    PYTHON,
+    ROOT,
+    WsClient,
+    cpu_seconds,
+    fresh_setup,
+    parent_pids,
+    report,
+    serve,
+)
 
 TOOL = "echo__echo"
 TEXT = "the quick brown fox jumps over the lazy dog " * 4  # a small, typical argument
@@ -138,18 +147,8 @@ class Target:
         return text
 
 
-def children(pid: int) -> list[int]:
-    """The process's child processes, by their parent pid in /proc/*/stat."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-    return found
-
-
 def upstream_pid(pid: int) -> int | None:
-    for child in children(pid):
+    for child in (c for c, parent in parent_pids().items() if parent == pid):
         with contextlib.suppress(OSError):
             if b"echo_upstream" in Path(f"/proc/{child}/cmdline").read_bytes():
                 return child

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -69,6 +68,15 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def parent_pids() -> dict[int, int]:
+    """Every live process's parent, from /proc (pid → ppid)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    return parents
 
 
 def rss_bytes(pid: int) -> int:
@@ -184,10 +192,6 @@ class Gateway:
     @property
     def ws_url(self) -> str:
         return self.base.replace("http", "ws", 1) + "/mcp/ws"
-
-    @property
-    def http_url(self) -> str:
-        return self.base + "/mcp"
 
 
 @contextlib.contextmanager
@@ -370,7 +374,3 @@ class StdioClient(_Client):
             self._lost(exc)
         else:
             self._lost(ConnectionError("upstream exited"))
-
-
-def command_line(command: Sequence[str]) -> str:
-    return shlex.join(command)

@@ -75,6 +75,7 @@ from bench.harness import (  # noqa: E402
     WsClient,
     cpu_seconds,
     median,
+    parent_pids,
     percentile,
     prepare,
     raise_open_files,
@@ -265,13 +266,7 @@ def family_cpu(root: int, skip: int) -> float:
     """CPU seconds of ``root`` and every live descendant but ``skip``: this script, its
     gateways (and their upstreams), PostgreSQL and Redis. (``skip``, the admin process, exits
     in between: its few milliseconds of work count as another process's.)"""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                parents[int(entry.name)] = int(
-                    (entry / "stat").read_text().rpartition(")")[2].split()[1]
-                )
+    parents = parent_pids()
     family, total = {root}, 0.0
     grew = True
     while grew:
