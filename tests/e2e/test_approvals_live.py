@@ -216,3 +216,33 @@ async def test_progress_keeps_an_http_wait_alive_past_the_clients_read_timeout(g
 
 async def _none() -> None:
     return None
+
+
+# Last in this module: it leaves a deny rule behind.
+async def test_an_approval_does_not_release_a_call_a_newer_rule_denies(gw: Gateway):
+    async with mcp_client(gw, gw.tokens["alice"], transport="ws") as client:
+        call = asyncio.ensure_future(client.call_tool("time__convert_time", TOKYO))
+        (request,) = await pending(gw)
+        gw.manage(
+            "rule_add", "--tenant", "acme", "--agent", "alice", "--tool", "time__convert_time",
+            "--effect", "deny", "--description", "no conversions any more",
+        )  # fmt: skip
+        async with mcp_client(gw, gw.tokens["alice"]) as other, asyncio.timeout(10):
+            while True:  # until the gateway has applied the rule: a new call is refused at once
+                try:
+                    await other.call_tool("time__convert_time", TOKYO)
+                except MCPError as exc:
+                    if exc.error.code == -32001:
+                        break
+                await asyncio.sleep(0.1)
+        await decide(gw, request["id"], "approve", "approved before I saw the new rule")
+        with pytest.raises(MCPError) as refused:
+            await asyncio.wait_for(call, 15)
+    assert refused.value.error.code == -32001
+    assert "no conversions any more" in refused.value.error.message
+    rows = gw.audit("call_id = ?", (request["call_id"].replace("-", ""),))
+    assert (rows[0]["kind"], rows[0]["decision"]) == ("intent", "require_approval")
+    assert [r["kind"] for r in rows] == ["intent", "approval", "approval", "outcome"]
+    assert rows[-1]["outcome"] == "denied"
+    assert rows[-1]["error"].startswith("policy changed while the call waited: denied by rule")
+    assert gw.manage("audit_verify").returncode == 0
